@@ -1,0 +1,76 @@
+"""Simulated model nodes: they take time and report sampler-like progress, but need no weights.
+
+``SimulatedModelNode`` is the template: a subclass declares its extra inputs and ``produce``s its outputs;
+the base runs ``steps`` steps spread over ``seconds``, sending ``progress`` / ``progress_state`` after each
+step and stopping at the next step when interrupted, like a real sampler's progress hook. Templates for
+ACE-Step, SD3.5 or Wan 2.2 can subclass it with their own inputs / outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..paths import Folders
+from .base import InputSpec, NodeContext, NodeDef, NodeOutput
+
+
+class SimulatedModelNode(NodeDef):
+    category = "simulator"
+    python_module = "comfy_simulator.nodes.simulated"
+    default_steps: ClassVar[int] = 20
+    default_seconds: ClassVar[float] = 1.0
+
+    def extra_inputs(self, folders: Folders) -> list[InputSpec]:
+        return []
+
+    def produce(self, ctx: NodeContext, **kw: Any) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def inputs(self, folders: Folders) -> list[InputSpec]:
+        return [
+            InputSpec("steps", "INT", {"default": self.default_steps, "min": 1, "max": 10000}),
+            InputSpec(
+                "seconds",
+                "FLOAT",
+                {
+                    "default": self.default_seconds,
+                    "min": 0.0,
+                    "max": 3600.0,
+                    "step": 0.01,
+                    "tooltip": "Total run time.",
+                },
+            ),
+            *self.extra_inputs(folders),
+        ]
+
+    async def execute(self, ctx: NodeContext, **kw: Any) -> NodeOutput:
+        steps, seconds = int(kw["steps"]), float(kw["seconds"])
+        started = time.monotonic()
+        for step in range(1, steps + 1):
+            delay = started + seconds * step / steps - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await ctx.progress(step, steps)  # raises when interrupted, like comfy's progress hook
+        return NodeOutput(self.produce(ctx, **kw))
+
+
+class SimulatedSampler(SimulatedModelNode):
+    """Passes ``images`` through (or a 64×64 black image when none is linked) after ``steps`` steps."""
+
+    name = "SimulatedSampler"
+    display_name = "Simulated Sampler"
+    description = "Imitates a sampler: reports steps evenly over `seconds`, honours interrupts between steps."
+    return_types = ("IMAGE",)
+
+    def extra_inputs(self, folders: Folders) -> list[InputSpec]:
+        return [InputSpec("images", "IMAGE", {}, optional=True)]
+
+    def produce(self, ctx: NodeContext, **kw: Any) -> tuple[Any, ...]:
+        images = kw.get("images")
+        if images is None:
+            images = np.zeros((1, 64, 64, 3), np.float32)
+        return (images,)

@@ -1,0 +1,372 @@
+"""Client of one ComfyUI backend, directly or through SwarmUI's /ComfyBackendDirect proxy.
+
+One websocket carries the events of every run of the service; frames are routed to subscribers by
+``prompt_id``. ComfyUI sends a prompt's events only to the socket whose clientId equals the prompt's
+``client_id`` and buffers nothing, so:
+
+* the socket is opened before any ``POST /prompt``, and prompts are submitted with its clientId;
+* every (re)connection uses a fresh clientId: reconnecting with the same one can leave the new socket
+  orphaned (ComfyUI's cleanup of the old socket unregisters the new one);
+* a prompt submitted under an earlier clientId can miss events, so its subscription is marked
+  ``blind`` and its runner reads ``/history`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+
+from generation_service.errors import BackendProtocolError, BackendUnavailable, NodeProblem, WorkflowRejected
+
+logger = logging.getLogger(__name__)
+
+DOWNLOAD_CHUNK = 1 << 20
+_RECONNECT_MIN_S = 0.1
+_RECONNECT_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file as ComfyUI names it in ``executed`` / history outputs."""
+
+    filename: str
+    subfolder: str
+    type: str  # "output", "temp" or "input"
+
+
+@dataclass(frozen=True)
+class NodeOutput:
+    node_id: str
+    files: tuple[FileRef, ...]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A finished prompt's ``/history`` entry."""
+
+    status_str: str  # "success" or "error"
+    completed: bool
+    outputs: tuple[NodeOutput, ...]
+    messages: tuple[tuple[str, dict[str, Any]], ...]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_str == "success" and self.completed
+
+    def message(self, kind: str) -> dict[str, Any] | None:
+        return next((data for name, data in self.messages if name == kind), None)
+
+
+class SocketLost:
+    """Put in a subscription's queue when the websocket it depended on went away."""
+
+
+SOCKET_LOST = SocketLost()
+
+
+@dataclass
+class Subscription:
+    """The websocket frames of one prompt, in arrival order."""
+
+    prompt_id: str
+    client_id: str = ""
+    blind: bool = False  # events may have been missed: rely on /history
+    frames: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)  # frames, SOCKET_LOST, or control items
+
+
+class ComfyBackend:
+    """HTTP + websocket client of one ComfyUI; safe to share between all runs of the process."""
+
+    def __init__(self, base_url: str, *, backend_id: str = "", request_timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"X-Swarm-Backend-ID": backend_id} if backend_id else {}
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._download_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=request_timeout_s, sock_read=request_timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._socket_task: asyncio.Task[None] | None = None
+        self._client_id = ""
+        self._connected = asyncio.Event()
+        self._subscriptions: dict[str, Subscription] = {}
+        self._closing = False
+
+    @property
+    def public_url(self) -> str:
+        """The base URL without credentials, for metadata and events."""
+        parts = urlsplit(self.base_url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        """Open the HTTP session and start keeping the websocket connected (in the background)."""
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        self._socket_task = asyncio.create_task(self._keep_socket(), name="comfy-websocket")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._socket_task is not None:
+            self._socket_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._socket_task
+        if self._session is not None:
+            await self._session.close()
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
+        return self.connected
+
+    # -- websocket --------------------------------------------------------------------------------
+
+    async def _keep_socket(self) -> None:
+        delay = _RECONNECT_MIN_S
+        while True:
+            client_id = str(uuid.uuid4())
+            try:
+                async with self._http.ws_connect(
+                    self._url("ws", {"clientId": client_id}), heartbeat=30.0, max_msg_size=0
+                ) as ws:
+                    self._client_id = client_id
+                    self._connected.set()
+                    delay = _RECONNECT_MIN_S
+                    logger.info("backend websocket connected to %s (clientId %s)", self.public_url, client_id)
+                    await self._read_frames(ws)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                logger.debug("backend websocket unavailable: %r", exc)
+            finally:
+                if self._connected.is_set() and not self._closing:
+                    logger.warning("backend websocket to %s lost; following runs through /history", self.public_url)
+                self._connected.clear()
+                self._client_id = ""
+                for sub in self._subscriptions.values():
+                    if not sub.blind:
+                        sub.blind = True
+                        sub.frames.put_nowait(SOCKET_LOST)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX_S)
+
+    async def _read_frames(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue  # binary frames are previews; runs take their outputs from history
+            try:
+                frame = json.loads(msg.data)
+                prompt_id = frame.get("data", {}).get("prompt_id")
+            except (ValueError, AttributeError):
+                logger.debug("ignoring a malformed websocket frame: %.200s", msg.data)
+                continue
+            sub = self._subscriptions.get(prompt_id) if isinstance(prompt_id, str) else None
+            if sub is not None:
+                sub.frames.put_nowait(frame)
+
+    def subscribe(self, prompt_id: str) -> Subscription:
+        sub = Subscription(prompt_id)
+        self._subscriptions[prompt_id] = sub
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscriptions.pop(sub.prompt_id, None)
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("ComfyBackend.start() was not called")
+        return self._session
+
+    def _url(self, path: str, query: dict[str, str] | None = None) -> str:
+        return f"{self.base_url}/{path}" + (f"?{urlencode(query)}" if query else "")
+
+    @contextlib.asynccontextmanager
+    async def _request(
+        self, method: str, path: str, *, timeout: aiohttp.ClientTimeout | None = None, **kwargs: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request; connection failures and 5xx answers become BackendUnavailable."""
+        try:
+            async with self._http.request(method, self._url(path), timeout=timeout or self._timeout, **kwargs) as resp:
+                if resp.status >= 500:
+                    body = (await resp.text(errors="replace"))[:200]
+                    raise BackendUnavailable(f"backend answered {method} /{path} with {resp.status}: {body}")
+                yield resp
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BackendUnavailable(f"backend {self.public_url} unreachable ({method} /{path}): {exc!r}") from exc
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self._request(method, path, **kwargs) as resp:
+            if resp.status != 200:
+                raise BackendProtocolError(f"{method} /{path} answered {resp.status}")
+            try:
+                return await resp.json(content_type=None)
+            except ValueError as exc:
+                raise BackendProtocolError(f"{method} /{path} answered with invalid JSON") from exc
+
+    async def submit(self, sub: Subscription, graph: dict[str, Any]) -> dict[str, Any]:
+        """POST the prompt under the subscription's id and the current socket's clientId.
+
+        Returns ComfyUI's ``node_errors`` (non-empty on a 200 when some outputs were dropped).
+        Raises WorkflowRejected for a 400 with ComfyUI's validation body.
+        """
+        sub.client_id = self._client_id or str(uuid.uuid4())
+        sub.blind = not self._client_id  # no socket: nothing will arrive for this prompt
+        body = {"prompt": graph, "client_id": sub.client_id, "prompt_id": sub.prompt_id}
+        async with self._request("POST", "prompt", json=body) as resp:
+            text = await resp.text(errors="replace")
+            if resp.status == 200:
+                reply = _loads(text)
+                if not isinstance(reply, dict) or reply.get("prompt_id") != sub.prompt_id:
+                    raise BackendProtocolError(f"POST /prompt answered without our prompt id: {text[:200]}")
+                errors = reply.get("node_errors") or {}
+                return errors if isinstance(errors, dict) else {}
+            if resp.status == 400:
+                raise rejection_error(text)
+            if resp.status in (401, 403):
+                raise BackendUnavailable(
+                    f"backend refused the prompt ({resp.status}): a SwarmUI user needs the comfy_direct_calls "
+                    f"and comfy_backend_generate permissions; {text[:200]}"
+                )
+            raise BackendProtocolError(f"POST /prompt answered {resp.status}: {text[:200]}")
+
+    async def history(self, prompt_id: str) -> HistoryEntry | None:
+        """The prompt's history entry, or None while it is queued, running, or unknown."""
+        data = await self._json("GET", f"history/{prompt_id}")
+        entry = data.get(prompt_id) if isinstance(data, dict) else None
+        return parse_history_entry(entry) if isinstance(entry, dict) else None
+
+    async def queue_position(self, prompt_id: str) -> int | None:
+        """How many prompts run before this one; 0 when it is running or next; None when not queued."""
+        data = await self._json("GET", "queue")
+        running = [item[1] for item in data.get("queue_running", [])]
+        pending = sorted(data.get("queue_pending", []), key=lambda item: item[0])  # heap order on the wire
+        if prompt_id in running:
+            return 0
+        ids = [item[1] for item in pending]
+        return len(running) + ids.index(prompt_id) if prompt_id in ids else None
+
+    async def cancel(self, prompt_id: str) -> None:
+        """Remove the prompt from the queue if pending, and interrupt it if running.
+
+        The interrupt always names the prompt: a bare one stops whatever runs, and SwarmUI's proxy
+        fails on it.
+        """
+        async with self._request("POST", "queue", json={"delete": [prompt_id]}):
+            pass
+        async with self._request("POST", "interrupt", json={"prompt_id": prompt_id}):
+            pass
+
+    async def download(self, ref: FileRef) -> AsyncIterator[bytes]:
+        """The file's bytes, streamed in chunks of at most DOWNLOAD_CHUNK (never held whole)."""
+        query = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}  # filename first: see Swarm
+        async with self._request("GET", "view?" + urlencode(query), timeout=self._download_timeout) as resp:
+            if resp.status != 200:
+                raise BackendProtocolError(f"GET /view of {ref.filename!r} answered {resp.status}")
+            try:
+                async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
+                    yield chunk
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise BackendUnavailable(f"download of {ref.filename!r} broke off: {exc!r}") from exc
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def rejection_error(text: str) -> Exception:
+    """Translate a 400 from /prompt: ComfyUI's validation shape, or a SwarmUI error string."""
+    body = _loads(text)
+    if not isinstance(body, dict):
+        # SwarmUI answers HTML when it has no usable backend.
+        return BackendUnavailable(f"backend answered 400: {text.strip()[:200]}")
+    error = body.get("error")
+    if isinstance(error, str):
+        return BackendUnavailable(f"SwarmUI refused the prompt: {error}")
+    error = _dict(error)
+    problems = list(node_problems(body.get("node_errors")))
+    if not problems:
+        extra = _dict(error.get("extra_info"))
+        problems.append(
+            NodeProblem(
+                node_id=str(extra.get("node_id", "")),
+                class_type=str(extra.get("class_type", "")),
+                type=str(error.get("type", "")),
+                message=str(error.get("message", "")),
+                details=str(error.get("details", "")),
+                input_name="",
+            )
+        )
+    return WorkflowRejected(str(error.get("message") or "the backend rejected the workflow"), tuple(problems))
+
+
+def node_problems(node_errors: object) -> list[NodeProblem]:
+    """Flatten ComfyUI's ``node_errors`` map into one problem per node and input."""
+    if not isinstance(node_errors, dict):
+        return []
+    problems = []
+    for node_id, entry in node_errors.items():
+        if not isinstance(entry, dict):
+            continue
+        for err in entry.get("errors", []):
+            if not isinstance(err, dict):
+                continue
+            extra = _dict(err.get("extra_info"))
+            problems.append(
+                NodeProblem(
+                    node_id=str(node_id),
+                    class_type=str(entry.get("class_type", "")),
+                    type=str(err.get("type", "")),
+                    message=str(err.get("message", "")),
+                    details=str(err.get("details", "")),
+                    input_name=str(extra.get("input_name", "")),
+                )
+            )
+    return problems
+
+
+def parse_history_entry(entry: dict[str, Any]) -> HistoryEntry:
+    status = _dict(entry.get("status"))
+    outputs = []
+    raw_outputs = _dict(entry.get("outputs"))
+    for node_id, ui in raw_outputs.items():
+        files = [
+            FileRef(str(item["filename"]), str(item.get("subfolder", "")), str(item.get("type", "output")))
+            for value in (ui.values() if isinstance(ui, dict) else [])
+            if isinstance(value, list)
+            for item in value
+            if isinstance(item, dict) and isinstance(item.get("filename"), str)
+        ]
+        outputs.append(NodeOutput(str(node_id), tuple(dict.fromkeys(files))))
+    messages = tuple(
+        (str(m[0]), m[1])
+        for m in status.get("messages", [])
+        if isinstance(m, list) and len(m) == 2 and isinstance(m[1], dict)
+    )
+    return HistoryEntry(
+        status_str=str(status.get("status_str", "")),
+        completed=bool(status.get("completed", False)),
+        outputs=tuple(outputs),
+        messages=messages,
+    )

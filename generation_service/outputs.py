@@ -1,0 +1,65 @@
+"""Downloading a run's outputs into run storage: streamed, hashed, named by their content, atomic."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from generation_service.comfy import FileRef, NodeOutput
+from runstore import SNIFF_BYTES, MediaFormat, PartialFile, detect_format, entity_filename
+
+_NUMERIC = re.compile(r"(\d+)")
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file ComfyUI produced for a run, and the node that produced it."""
+
+    node_id: str
+    ref: FileRef
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    filename: str
+    format: MediaFormat
+    size_bytes: int
+    sha256: str
+
+
+def select_downloads(outputs: Iterable[NodeOutput], include_previews: bool) -> list[Download]:
+    """The files to store, in a stable order: by node id (numerically), then as the node listed them.
+
+    ComfyUI runs independent output nodes in a different order from one run to the next, so the
+    order of ``executed`` events would make output indexes unstable.
+    """
+    ordered = sorted(outputs, key=lambda o: [int(p) if p.isdigit() else p for p in _NUMERIC.split(o.node_id)])
+    return [
+        Download(o.node_id, ref)
+        for o in ordered
+        for ref in o.files
+        if ref.type == "output" or (include_previews and ref.type == "temp")
+    ]
+
+
+async def store(chunks: AsyncIterator[bytes], run_dir: Path, sequence: int, backend_name: str) -> StoredFile:
+    """Write the chunks to a hidden temp file in the run folder, then rename it to
+    ``NN_output_<kind>.<ext>`` with the kind decided from the content. Memory stays at one chunk."""
+    digest = hashlib.sha256()
+    head = b""
+    size = 0
+    with PartialFile(run_dir, "download") as partial:
+        async for chunk in chunks:
+            if len(head) < SNIFF_BYTES:
+                head += chunk[: SNIFF_BYTES - len(head)]
+            digest.update(chunk)
+            size += len(chunk)
+            await asyncio.to_thread(partial.file.write, chunk)
+        fmt = detect_format(head, backend_name)
+        filename = entity_filename(sequence, fmt.kind.entity_type, fmt.ext)
+        await asyncio.to_thread(partial.commit, run_dir / filename)
+    return StoredFile(filename=filename, format=fmt, size_bytes=size, sha256=digest.hexdigest())

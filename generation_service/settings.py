@@ -1,0 +1,87 @@
+"""Settings of the generation service: one frozen dataclass, from flags and GENERATION_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "GENERATION_"
+
+HELP = {
+    "backend_url": "ComfyUI base URL: http://swarm:7801/ComfyBackendDirect (through SwarmUI) or http://comfy:8188",
+    "swarm_backend_id": "pin one SwarmUI backend: sent as X-Swarm-Backend-ID on every request, websocket included",
+    "runs_dir": "run storage root, shared with the media gateway",
+    "listen": "HOST:PORT the gRPC server binds (port 0: a free port)",
+    "media_base_url": "public base URL of the media gateway; output URLs are built on it",
+    "history_poll_seconds": "how often /history is polled for a run while the backend websocket is down",
+    "request_timeout_seconds": "timeout of one backend HTTP request (for downloads: of each read)",
+    "shutdown_grace_seconds": "on SIGTERM, how long running calls get to finish before they are cut off",
+    "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, with safe local defaults (see HELP). Each is also a flag (--backend-url) and an
+    environment variable (GENERATION_BACKEND_URL); flags win over the environment."""
+
+    backend_url: str = "http://127.0.0.1:8188"
+    swarm_backend_id: str = ""
+    runs_dir: Path = Path("exports/json")
+    listen: str = "127.0.0.1:50051"
+    media_base_url: str = "http://127.0.0.1:8080"
+    history_poll_seconds: float = 1.0
+    request_timeout_seconds: float = 30.0
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for name in ("backend_url", "media_base_url"):
+            url = urlsplit(getattr(self, name))
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"{name}: must be an http(s) URL, got {getattr(self, name)!r}")
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"listen: must be HOST:PORT, got {self.listen!r}")
+        for name in ("history_poll_seconds", "request_timeout_seconds", "shutdown_grace_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be greater than 0, got {getattr(self, name)!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> Settings:
+        """Flags over GENERATION_* environment variables over defaults. An invalid value exits with a
+        message naming the flag and the variable."""
+        parser = argparse.ArgumentParser(
+            prog="python -m generation_service",
+            description="gRPC service that runs ComfyUI workflows and streams their progress.",
+        )
+        for f in fields(cls):
+            env = ENV_PREFIX + f.name.upper()
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                default=environ.get(env, str(f.default)),
+                metavar=f.name.upper(),
+                help=f"{HELP[f.name]} (env {env}; default %(default)s)",
+            )
+        ns = parser.parse_args(argv)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = getattr(ns, f.name)
+            flag = f"--{f.name.replace('_', '-')} / {ENV_PREFIX}{f.name.upper()}"
+            try:
+                values[f.name] = float(raw) if f.type == "float" else Path(raw) if f.type == "Path" else raw
+            except ValueError:
+                parser.error(f"{flag}: not a number: {raw!r}")
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as exc:
+            name = str(exc).split(":", 1)[0]
+            parser.error(
+                f"--{name.replace('_', '-')} / {ENV_PREFIX}{name.upper()}: {str(exc).split(':', 1)[1].strip()}"
+            )

@@ -1,0 +1,67 @@
+"""``python -m media_gateway``: serve run storage outputs over HTTP (flags override MEDIA_GATEWAY_* variables)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import uvicorn
+
+from media_gateway.app import create_app
+from media_gateway.serve import uvicorn_config
+from media_gateway.settings import LOG_LEVELS, Settings, SettingsError, env_name, flag_name
+
+_HELP = {
+    "runs_dir": "run storage root, one <run_id>/ folder per run (default: ./exports/json)",
+    "listen": "HOST:PORT to bind, [::1]:PORT for IPv6 (default: 127.0.0.1:8080)",
+    "log_level": f"one of {', '.join(LOG_LEVELS)} (default: info)",
+    "cors_origins": "comma-separated browser origins allowed by CORS, or * (default: none, CORS off)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m media_gateway",
+        description="Serve generated images, audio and video from run storage over HTTP. "
+        "Every flag can also be set with the environment variable shown; a flag wins over its variable.",
+    )
+    for name, text in _HELP.items():
+        metavar = {"runs_dir": "DIR", "listen": "HOST:PORT", "log_level": "LEVEL", "cors_origins": "ORIGINS"}[name]
+        parser.add_argument(flag_name(name), dest=name, metavar=metavar, help=f"{text} [env: {env_name(name)}]")
+    return parser
+
+
+def load_settings(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from the environment with the parsed command-line flags laid over it."""
+    merged = dict(environ)
+    for name in _HELP:
+        value = getattr(args, name)
+        if value is not None:
+            merged[env_name(name)] = value
+    return Settings.from_env(merged)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        parser.error(str(exc))  # usage + message on stderr, exit status 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        app = create_app(settings)
+    except RuntimeError as exc:
+        logging.getLogger("media_gateway").error("%s", exc)
+        return 1
+    uvicorn.Server(uvicorn_config(app, settings)).run()  # one INFO access line per request comes from uvicorn
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The media gateway: a Starlette app serving run outputs from run storage by kind, run id and index."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from media_gateway.catalog import OutputNotFound, RunCatalog
+from media_gateway.responses import MediaFileResponse, json_error
+from media_gateway.settings import Settings
+from runstore import InvalidRunId, MediaKind, RunStore, parse_run_id
+
+logger = logging.getLogger(__name__)
+
+# The ``{type}`` URL segment -> the kind of output it serves. ``music`` is what the original front end
+# requests for audio, so it stays an alias.
+URL_KINDS: dict[str, MediaKind] = {
+    "image": MediaKind.IMAGE,
+    "audio": MediaKind.AUDIO,
+    "music": MediaKind.AUDIO,
+    "video": MediaKind.VIDEO,
+    "model": MediaKind.MODEL,
+}
+_INDEX_RE = re.compile(r"[0-9]{1,9}")
+EXPOSED_HEADERS = ["Content-Range", "Accept-Ranges", "Content-Length", "ETag"]
+
+
+def _kind(text: str) -> MediaKind:
+    kind = URL_KINDS.get(text)
+    if kind is None:
+        raise HTTPException(404, f"unknown media type: expected one of {', '.join(URL_KINDS)}")
+    return kind
+
+
+def _run_id(request: Request) -> str:
+    try:
+        return parse_run_id(request.path_params["run_id"])
+    except InvalidRunId as exc:
+        raise HTTPException(400, "invalid run id: expected a lowercase hyphenated UUID") from exc
+
+
+def _index(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not _INDEX_RE.fullmatch(text):
+        raise HTTPException(400, "invalid index: expected a non-negative integer")
+    return int(text)
+
+
+class _Endpoints:
+    """Request handlers; every filesystem call goes through the catalog on a worker thread."""
+
+    def __init__(self, catalog: RunCatalog) -> None:
+        self.catalog = catalog
+
+    async def media(self, request: Request) -> Response:
+        kind = _kind(request.path_params["kind"])
+        run_id = _run_id(request)  # validated before anything touches the filesystem
+        index = _index(request.path_params.get("index"))
+        try:
+            output = await anyio.to_thread.run_sync(self.catalog.find_output, run_id, kind, index)
+        except OutputNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        return MediaFileResponse(output)
+
+    async def not_found(self, request: Request) -> Response:
+        if request.path_params["kind"] != "info":
+            _kind(request.path_params["kind"])
+        _run_id(request)
+        raise HTTPException(404)
+
+    async def info(self, request: Request) -> Response:
+        run_id = _run_id(request)
+        try:
+            document = await anyio.to_thread.run_sync(self.catalog.describe, run_id)
+        except OutputNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        return JSONResponse(document, headers={"Cache-Control": "no-cache"})  # status changes while it runs
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return json_error(exc.status_code, exc.detail, dict(exc.headers or {}))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    # Starlette re-raises after sending this, so uvicorn still logs the traceback; the client never sees it.
+    return json_error(500, "internal server error")
+
+
+def check_runs_dir(runs_dir: os.PathLike[str] | str) -> None:
+    """Raise RuntimeError naming the path unless it is a readable, searchable directory."""
+    if not os.path.isdir(runs_dir):
+        raise RuntimeError(f"media gateway runs dir {os.fspath(runs_dir)!r} does not exist or is not a directory")
+    if not os.access(runs_dir, os.R_OK | os.X_OK):
+        raise RuntimeError(f"media gateway runs dir {os.fspath(runs_dir)!r} is not readable")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The gateway app for ``settings``; raises RuntimeError at once when the runs dir is unusable."""
+    check_runs_dir(settings.runs_dir)
+    endpoints = _Endpoints(RunCatalog(RunStore(settings.runs_dir)))
+    routes = [
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/api/media/info/{run_id}", endpoints.info, methods=["GET"]),
+        Route("/api/media/{kind}/{run_id}", endpoints.media, methods=["GET"]),  # GET implies HEAD
+        Route("/api/media/{kind}/{run_id}/{index}", endpoints.media, methods=["GET"]),
+        # Anything deeper (or a trailing slash) still gets its run id checked, so that a decoded ``..%2f``
+        # is answered like every other malformed run id.
+        Route("/api/media/{kind}/{run_id}/{rest:path}", endpoints.not_found, methods=["GET"]),
+    ]
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "HEAD"],
+                allow_headers=["Range", "If-Range", "If-None-Match", "If-Modified-Since"],
+                expose_headers=EXPOSED_HEADERS,
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+    app.router.redirect_slashes = False  # a trailing slash is a 404 like any other unknown path, not a redirect
+    app.state.catalog = endpoints.catalog
+    logger.info("media gateway serving run storage at %s", settings.runs_dir)
+    return app

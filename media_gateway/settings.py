@@ -1,0 +1,97 @@
+"""Media gateway settings: one frozen dataclass, read from ``MEDIA_GATEWAY_*`` variables (flags override)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "MEDIA_GATEWAY_"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the variable and the flag."""
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: ``runs_dir`` -> ``MEDIA_GATEWAY_RUNS_DIR``."""
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a setting: ``runs_dir`` -> ``--runs-dir``."""
+    return "--" + name.replace("_", "-")
+
+
+def _fail(name: str, problem: str) -> SettingsError:
+    return SettingsError(f"invalid {env_name(name)} ({flag_name(name)}): {problem}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs; defaults are safe for local development."""
+
+    runs_dir: Path = Path("./exports/json")
+    """The run storage root: one ``<run_id>/`` folder per run (read only)."""
+    listen: str = "127.0.0.1:8080"
+    """``HOST:PORT`` to bind (``[::1]:8080`` for IPv6; port 0 picks a free port)."""
+    log_level: str = "info"
+    """One of critical, error, warning, info, debug."""
+    cors_origins: tuple[str, ...] = field(default=())
+    """Origins allowed to fetch media from a browser (``*`` for any); empty disables CORS."""
+
+    def __post_init__(self) -> None:
+        if not str(self.runs_dir):
+            raise _fail("runs_dir", "must not be empty")
+        _split_listen(self.listen)
+        if self.log_level not in LOG_LEVELS:
+            raise _fail("log_level", f"{self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        for origin in self.cors_origins:
+            if origin != "*" and not _ORIGIN_RE.fullmatch(origin):
+                raise _fail("cors_origins", f"{origin!r} is not '*' or an origin like https://example.com")
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """Settings from ``MEDIA_GATEWAY_*`` variables; unset (or empty) variables keep their defaults."""
+
+        def get(name: str) -> str | None:
+            value = environ.get(env_name(name), "").strip()
+            return value or None
+
+        runs_dir, listen, log_level, cors = (get(n) for n in ("runs_dir", "listen", "log_level", "cors_origins"))
+        default = cls()
+        return cls(
+            runs_dir=Path(runs_dir) if runs_dir is not None else default.runs_dir,
+            listen=listen if listen is not None else default.listen,
+            log_level=log_level.lower() if log_level is not None else default.log_level,
+            cors_origins=parse_origins(cors) if cors is not None else default.cors_origins,
+        )
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """A comma-separated origin list as a tuple (blank items dropped)."""
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port_text = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not port_text.isascii():
+        raise _fail("listen", f"{listen!r} is not HOST:PORT")
+    port = int(port_text)
+    if port > 65535:
+        raise _fail("listen", f"{listen!r}: port {port} is out of range 0-65535")
+    return host, port

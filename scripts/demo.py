@@ -1,0 +1,168 @@
+"""make demo: simulator + generation service + media gateway on free loopback ports, one run of each
+media kind with live progress, every output fetched back from the gateway and checked. Everything
+started here is stopped on success, failure and Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genctl.__main__ import ProgressView
+from generation_service.v1 import generation_pb2 as pb
+from generation_service.v1 import generation_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = ["image.json", "audio.json", "video.json"]
+READY_TIMEOUT_S = 60.0
+
+Started = list[tuple[str, "subprocess.Popen[bytes]", Path]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[Started]:
+    started: Started = []
+    try:
+        yield started
+    finally:
+        for _, proc, _ in started:
+            proc.terminate()
+        for name, proc, _ in started:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop in 10 s; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+
+
+def start(started: Started, work: Path, name: str, *args: str) -> None:
+    log = work / f"{name}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", name, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO
+    )
+    started.append((name, proc, log))
+
+
+def wait_ready(started: Started, checks: dict[str, Callable[[], bool]]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    pending = dict(checks)
+    while pending:
+        for name, proc, log in started:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        for name, check in list(pending.items()):
+            with contextlib.suppress(Exception):
+                if check():
+                    del pending[name]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ready after {READY_TIMEOUT_S:.0f} s: {', '.join(pending)}")
+        time.sleep(0.2)
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+def grpc_serving(target: str) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)  # the published stubs omit the stub's methods
+        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def run_workflow(target: str, path: Path) -> list[pb.Output]:
+    view = ProgressView(sys.stderr, sys.stdout)
+    request = pb.GenerateRequest(workflow_json=path.read_text(), workflow_name=path.stem)
+    last = None
+    async with grpc.aio.insecure_channel(target) as channel:
+        async for event in pb_grpc.GenerationServiceStub(channel).Generate(request):
+            view.show(event)
+            last = event
+    if last is None or not last.HasField("completed"):
+        raise RuntimeError(f"{path.name} did not complete")
+    return list(last.completed.outputs)
+
+
+def check_output(output: pb.Output) -> None:
+    with urllib.request.urlopen(output.url, timeout=30) as response:
+        body = response.read()
+        content_type = response.headers["Content-Type"]
+    if content_type != output.mime:
+        raise RuntimeError(f"{output.url}: Content-Type {content_type!r}, expected {output.mime!r}")
+    if hashlib.sha256(body).hexdigest() != output.sha256:
+        raise RuntimeError(f"{output.url}: bytes differ from the stored output's sha256")
+    print(f"  ok  {content_type:<11} {len(body):>9} bytes  {output.url}")
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="generation-demo-"))
+    sim_port, grpc_port, gateway_port = free_port(), free_port(), free_port()
+    backend = f"http://127.0.0.1:{sim_port}/ComfyBackendDirect"  # through the SwarmUI-style proxy path
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    target = f"127.0.0.1:{grpc_port}"
+    print(f"demo folder {work}\n  simulator {backend}\n  service   {target}\n  gateway   {gateway}\n")
+    with processes() as started:
+        start(started, work, "comfy_simulator", "--listen", f"127.0.0.1:{sim_port}", "--data-dir", str(work / "comfy"))
+        (work / "runs").mkdir()
+        start(started, work, "media_gateway", "--runs-dir", str(work / "runs"), "--listen", f"127.0.0.1:{gateway_port}")
+        start(
+            started,
+            work,
+            "generation_service",
+            "--backend-url",
+            backend,
+            "--runs-dir",
+            str(work / "runs"),
+            "--listen",
+            target,
+            "--media-base-url",
+            gateway,
+        )
+        wait_ready(
+            started,
+            {
+                "simulator": lambda: http_ok(f"{backend}/system_stats"),
+                "gateway": lambda: http_ok(f"{gateway}/healthz"),
+                "service": lambda: grpc_serving(target),
+            },
+        )
+        for name in WORKFLOWS:
+            print(f"== {name}", file=sys.stderr)
+            outputs = asyncio.run(run_workflow(target, REPO / "workflows" / name))
+            for output in outputs:
+                check_output(output)
+            print(f"  run page data: {gateway}/api/media/info/{outputs[0].url.split('/')[-2]}\n")
+    print(json.dumps({"result": "ok", "runs_dir": str(work / "runs")}))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)
+    except RuntimeError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        sys.exit(1)

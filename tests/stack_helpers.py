@@ -1,0 +1,45 @@
+"""The running stack used by end-to-end tests: simulator, generation service and media gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from comfy_simulator import Simulator
+from generation_service.server import RunningService
+from generation_service.settings import Settings
+from media_gateway.serve import RunningGateway
+
+if TYPE_CHECKING:  # a type that exists only in the generated .pyi
+    from generation_service.v1.generation_pb2_grpc import GenerationServiceAsyncStub
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = REPO / "workflows"
+
+
+@dataclass
+class Stack:
+    """Simulator + generation service + media gateway, wired together as in production."""
+
+    sim: Simulator
+    service: RunningService
+    gateway: RunningGateway
+    stub: GenerationServiceAsyncStub
+    http: httpx.AsyncClient
+    runs_dir: Path
+
+
+def service_settings(tmp_path: Path, backend_url: str, gateway_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "backend_url": backend_url,
+        "runs_dir": tmp_path / "runs",
+        "listen": "127.0.0.1:0",
+        "media_base_url": gateway_url,
+        "history_poll_seconds": 0.2,
+        "shutdown_grace_seconds": 1.0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]

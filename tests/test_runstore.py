@@ -1,0 +1,137 @@
+"""The run-storage contract: ids, formats, atomic writes, and paths that never leave a run folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from runstore import (
+    InvalidRunId,
+    MediaKind,
+    PartialFile,
+    RunStore,
+    atomic_file,
+    detect_format,
+    format_for_extension,
+    new_run_id,
+    parse_run_id,
+)
+
+TRANSCRIPTS = Path(__file__).parent / "data" / "comfyui-transcripts"
+
+
+def test_new_run_ids_parse_and_malformed_ones_are_refused() -> None:
+    run_id = new_run_id()
+    assert parse_run_id(run_id) == run_id
+    for bad in [
+        "",
+        "..",
+        "../etc",
+        run_id.upper(),
+        run_id + "x",
+        run_id.replace("-", ""),
+        f"{run_id}/..",
+        "a" * 500,
+        run_id[:-1] + "\x00",
+    ]:
+        with pytest.raises(InvalidRunId):
+            parse_run_id(bad)
+
+
+@pytest.mark.parametrize(
+    ("head", "name", "kind", "ext", "mime"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 8, "x.png", MediaKind.IMAGE, "png", "image/png"),
+        (b"\xff\xd8\xff\xe0", "x.jpeg", MediaKind.IMAGE, "jpg", "image/jpeg"),
+        (b"RIFF\0\0\0\0WEBPVP8 ", "x.webp", MediaKind.IMAGE, "webp", "image/webp"),
+        (b"ID3\x04\0\0", "x.mp3", MediaKind.AUDIO, "mp3", "audio/mpeg"),
+        (b"\xff\xfb\x90\x00", "x", MediaKind.AUDIO, "mp3", "audio/mpeg"),
+        (b"fLaC\0\0\0\x22", "x.flac", MediaKind.AUDIO, "flac", "audio/flac"),
+        (b"OggS\0\x02" + b"\0" * 22 + b"OpusHead", "x.opus", MediaKind.AUDIO, "opus", "audio/ogg"),
+        (b"RIFF\0\0\0\0WAVEfmt ", "x.wav", MediaKind.AUDIO, "wav", "audio/wav"),
+        (b"\0\0\0\x20ftypisom", "x.mp4", MediaKind.VIDEO, "mp4", "video/mp4"),
+        (b"\0\0\0\x20ftypM4A ", "x.m4a", MediaKind.AUDIO, "m4a", "audio/mp4"),
+        (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm", "x.webm", MediaKind.VIDEO, "webm", "video/webm"),
+        (b"glTF\x02\0\0\0", "x.glb", MediaKind.MODEL, "glb", "model/gltf-binary"),
+        (b"unknown bytes", "x.xyz", MediaKind.FILE, "bin", "application/octet-stream"),
+    ],
+)
+def test_format_is_decided_by_content(head: bytes, name: str, kind: MediaKind, ext: str, mime: str) -> None:
+    fmt = detect_format(head, name)
+    assert (fmt.kind, fmt.ext, fmt.mime) == (kind, ext, mime)
+
+
+def test_content_wins_over_a_misleading_name() -> None:
+    assert detect_format(b"\x89PNG\r\n\x1a\n", "audio_00001_.mp3").kind == MediaKind.IMAGE
+    assert detect_format(b"\0\0\0\x20ftypisom", "clip.mp3").ext == "mp4"
+
+
+def test_recorded_view_content_types_match_our_table() -> None:
+    """Every file ComfyUI served in the transcripts gets the same type from our table (opus: audio/ogg)."""
+    import json
+
+    seen = 0
+    for transcript in ["a_image.json", "b_audio.json", "c_video.json"]:
+        for view in json.loads((TRANSCRIPTS / transcript).read_text())["steps"]["run"]["view"]:
+            name = view["item"]["filename"]
+            head = bytes.fromhex(view["get"]["response"]["body_first16_hex"])
+            recorded = view["get"]["response"]["headers"]["Content-Type"]
+            assert detect_format(head, name).mime == recorded, name
+            seen += 1
+    assert seen >= 6
+
+
+def test_atomic_file_is_invisible_until_complete_and_cleaned_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "metadata.json"
+    with atomic_file(target) as fh:
+        fh.write(b"{}")
+        assert not target.exists()
+    assert target.read_bytes() == b"{}"
+    with pytest.raises(RuntimeError), atomic_file(target) as fh:
+        fh.write(b"torn")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata.json"]
+
+
+def test_partial_file_commits_under_a_name_chosen_last(tmp_path: Path) -> None:
+    with PartialFile(tmp_path, "download") as partial:
+        partial.file.write(b"data")
+        assert partial.path.name.startswith(".") and partial.path.name.endswith(".partial")
+        partial.commit(tmp_path / "02_output_image.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["02_output_image.png"]
+    assert oct((tmp_path / "02_output_image.png").stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_entity_paths_never_leave_the_run_folder(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs")
+    run_id, other = new_run_id(), new_run_id()
+    run_dir = store.create_run(run_id)
+    store.create_run(other)
+    (run_dir / "02_output_image.png").write_bytes(b"x")
+    (tmp_path / "runs" / other / "secret.png").write_bytes(b"secret")
+    os.symlink(tmp_path / "runs" / other / "secret.png", run_dir / "03_output_image.png")
+    assert store.entity_path(run_id, {"filename": "02_output_image.png"}) == (run_dir / "02_output_image.png")
+    for name in [
+        "../" + other + "/secret.png",
+        str(tmp_path / "runs" / other / "secret.png"),
+        "03_output_image.png",
+        ".",
+        "",
+        None,
+        "missing.png",
+        ".hidden",
+    ]:
+        assert store.entity_path(run_id, {"filename": name}) is None, name
+
+
+def test_metadata_round_trip_and_unknown_runs(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = new_run_id()
+    store.create_run(run_id)
+    store.write_metadata(run_id, {"run_id": run_id, "entities": []})
+    assert store.read_metadata(run_id) == {"run_id": run_id, "entities": []}
+    assert store.read_metadata(new_run_id()) is None
+    assert format_for_extension(".JPEG") == format_for_extension("jpg")
