@@ -25,45 +25,14 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from generation_service.errors import BackendProtocolError, BackendUnavailable, NodeProblem, WorkflowRejected
+from generation_service.comfy_replies import FileRef, HistoryEntry, loads, parse_history_entry, rejection_error
+from generation_service.errors import BackendProtocolError, BackendUnavailable
 
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_CHUNK = 1 << 20
 _RECONNECT_MIN_S = 0.1
 _RECONNECT_MAX_S = 5.0
-
-
-@dataclass(frozen=True)
-class FileRef:
-    """A file as ComfyUI names it in ``executed`` / history outputs."""
-
-    filename: str
-    subfolder: str
-    type: str  # "output", "temp" or "input"
-
-
-@dataclass(frozen=True)
-class NodeOutput:
-    node_id: str
-    files: tuple[FileRef, ...]
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """A finished prompt's ``/history`` entry."""
-
-    status_str: str  # "success" or "error"
-    completed: bool
-    outputs: tuple[NodeOutput, ...]
-    messages: tuple[tuple[str, dict[str, Any]], ...]
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status_str == "success" and self.completed
-
-    def message(self, kind: str) -> dict[str, Any] | None:
-        return next((data for name, data in self.messages if name == kind), None)
 
 
 class SocketLost:
@@ -99,6 +68,7 @@ class ComfyBackend:
         self._connected = asyncio.Event()
         self._subscriptions: dict[str, Subscription] = {}
         self._closing = False
+        self._socket_failing = False  # the last connection attempt failed: do not wait for the socket
 
     @property
     def public_url(self) -> str:
@@ -128,6 +98,9 @@ class ComfyBackend:
             await self._session.close()
 
     async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait for the websocket, unless the backend is known to refuse it right now."""
+        if self._socket_failing:
+            return self.connected
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._connected.wait()
@@ -144,11 +117,13 @@ class ComfyBackend:
                     self._url("ws", {"clientId": client_id}), heartbeat=30.0, max_msg_size=0
                 ) as ws:
                     self._client_id = client_id
+                    self._socket_failing = False
                     self._connected.set()
                     delay = _RECONNECT_MIN_S
                     logger.info("backend websocket connected to %s (clientId %s)", self.public_url, client_id)
                     await self._read_frames(ws)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._socket_failing = True
                 logger.debug("backend websocket unavailable: %r", exc)
             finally:
                 if self._connected.is_set() and not self._closing:
@@ -230,7 +205,7 @@ class ComfyBackend:
         async with self._request("POST", "prompt", json=body) as resp:
             text = await resp.text(errors="replace")
             if resp.status == 200:
-                reply = _loads(text)
+                reply = loads(text)
                 if not isinstance(reply, dict) or reply.get("prompt_id") != sub.prompt_id:
                     raise BackendProtocolError(f"POST /prompt answered without our prompt id: {text[:200]}")
                 errors = reply.get("node_errors") or {}
@@ -282,91 +257,3 @@ class ComfyBackend:
                     yield chunk
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise BackendUnavailable(f"download of {ref.filename!r} broke off: {exc!r}") from exc
-
-
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
-def rejection_error(text: str) -> Exception:
-    """Translate a 400 from /prompt: ComfyUI's validation shape, or a SwarmUI error string."""
-    body = _loads(text)
-    if not isinstance(body, dict):
-        # SwarmUI answers HTML when it has no usable backend.
-        return BackendUnavailable(f"backend answered 400: {text.strip()[:200]}")
-    error = body.get("error")
-    if isinstance(error, str):
-        return BackendUnavailable(f"SwarmUI refused the prompt: {error}")
-    error = _dict(error)
-    problems = list(node_problems(body.get("node_errors")))
-    if not problems:
-        extra = _dict(error.get("extra_info"))
-        problems.append(
-            NodeProblem(
-                node_id=str(extra.get("node_id", "")),
-                class_type=str(extra.get("class_type", "")),
-                type=str(error.get("type", "")),
-                message=str(error.get("message", "")),
-                details=str(error.get("details", "")),
-                input_name="",
-            )
-        )
-    return WorkflowRejected(str(error.get("message") or "the backend rejected the workflow"), tuple(problems))
-
-
-def node_problems(node_errors: object) -> list[NodeProblem]:
-    """Flatten ComfyUI's ``node_errors`` map into one problem per node and input."""
-    if not isinstance(node_errors, dict):
-        return []
-    problems = []
-    for node_id, entry in node_errors.items():
-        if not isinstance(entry, dict):
-            continue
-        for err in entry.get("errors", []):
-            if not isinstance(err, dict):
-                continue
-            extra = _dict(err.get("extra_info"))
-            problems.append(
-                NodeProblem(
-                    node_id=str(node_id),
-                    class_type=str(entry.get("class_type", "")),
-                    type=str(err.get("type", "")),
-                    message=str(err.get("message", "")),
-                    details=str(err.get("details", "")),
-                    input_name=str(extra.get("input_name", "")),
-                )
-            )
-    return problems
-
-
-def parse_history_entry(entry: dict[str, Any]) -> HistoryEntry:
-    status = _dict(entry.get("status"))
-    outputs = []
-    raw_outputs = _dict(entry.get("outputs"))
-    for node_id, ui in raw_outputs.items():
-        files = [
-            FileRef(str(item["filename"]), str(item.get("subfolder", "")), str(item.get("type", "output")))
-            for value in (ui.values() if isinstance(ui, dict) else [])
-            if isinstance(value, list)
-            for item in value
-            if isinstance(item, dict) and isinstance(item.get("filename"), str)
-        ]
-        outputs.append(NodeOutput(str(node_id), tuple(dict.fromkeys(files))))
-    messages = tuple(
-        (str(m[0]), m[1])
-        for m in status.get("messages", [])
-        if isinstance(m, list) and len(m) == 2 and isinstance(m[1], dict)
-    )
-    return HistoryEntry(
-        status_str=str(status.get("status_str", "")),
-        completed=bool(status.get("completed", False)),
-        outputs=tuple(outputs),
-        messages=messages,
-    )

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from generation_service.comfy import FileRef, NodeOutput
+from generation_service.comfy_replies import FileRef, NodeOutput
 from runstore import SNIFF_BYTES, MediaFormat, PartialFile, detect_format, entity_filename
 
 _NUMERIC = re.compile(r"(\d+)")

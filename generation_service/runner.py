@@ -19,7 +19,8 @@ from typing import Any
 
 from generation_service import events as ev
 from generation_service import outputs, workflow
-from generation_service.comfy import SOCKET_LOST, ComfyBackend, HistoryEntry, Subscription, node_problems
+from generation_service.comfy import SOCKET_LOST, ComfyBackend, Subscription
+from generation_service.comfy_replies import HistoryEntry, node_problems
 from generation_service.errors import BackendUnavailable, GenerationError, WorkflowRejected
 from generation_service.run_record import RunRecord
 from runstore import RunStatus, RunStore, media_url, new_run_id, utc_now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,9 +33,12 @@ class Stack:
     runs_dir: Path
 
 
-def service_settings(tmp_path: Path, backend_url: str, gateway_url: str, **overrides: object) -> Settings:
+StackFactory = Callable[..., Awaitable[Stack]]
+"""Builds a Stack; keyword arguments override service settings, ``via_swarm=True`` uses the proxy path."""
+
+
+def service_settings(tmp_path: Path, gateway_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "backend_url": backend_url,
         "runs_dir": tmp_path / "runs",
         "listen": "127.0.0.1:0",
         "media_base_url": gateway_url,

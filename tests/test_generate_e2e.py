@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from generation_service.events import Cancelled
 from generation_service.v1 import generation_pb2 as pb
 from runstore import RunStore
-from stack_helpers import WORKFLOWS, Stack
+from stack_helpers import WORKFLOWS, Stack, StackFactory
 
 
 def load(name: str) -> dict[str, Any]:
@@ -294,3 +294,37 @@ async def test_cancelling_the_call_interrupts_the_backend_prompt(stack: Stack) -
                 await asyncio.sleep(0.05)  # polling the backend's own record: it pushes nothing to us here
     messages = [m[0] for m in history[prompt_id]["status"]["messages"]]
     assert "execution_interrupted" in messages
+
+
+async def test_through_swarm_proxy_pinned_to_a_backend(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(via_swarm=True, swarm_backend_id="0")
+    events = await generate(stack, load("audio.json"))
+    assert_well_formed(events)
+    assert kinds(events)[-1] == "completed"
+    assert events[0].accepted.backend.endswith("/ComfyBackendDirect")
+    for output in events[-1].completed.outputs:
+        await fetch_output(stack, output)
+
+
+async def test_unknown_swarm_backend_id_is_unavailable(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(via_swarm=True, swarm_backend_id="7")
+    error = await expect_rpc_error(stack, load("image.json"), grpc.StatusCode.UNAVAILABLE)
+    assert "No ComfyUI backend available" in str(error.details())
+
+
+async def test_unreachable_backend_is_unavailable(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(backend_url="http://127.0.0.1:9", request_timeout_seconds=2.0)
+    error = await expect_rpc_error(stack, load("image.json"), grpc.StatusCode.UNAVAILABLE)
+    assert "unreachable" in str(error.details())
+
+
+async def test_run_completes_through_history_when_the_socket_drops(stack: Stack) -> None:
+    graph = load("image.json")
+    graph["2"]["inputs"].update(steps=10, seconds=1.0)
+    stack.sim.faults.drop_socket_after_frames = 6  # mid-sampler: the rest of the run is never seen live
+    events = await generate(stack, graph)
+    assert_well_formed(events)
+    assert kinds(events)[-1] == "completed"
+    assert len([e for e in events if e.HasField("node_progress")]) < 10
+    (output,) = events[-1].completed.outputs
+    await fetch_output(stack, output)

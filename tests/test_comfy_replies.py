@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from generation_service.comfy import FileRef, node_problems, parse_history_entry, rejection_error
+from generation_service.comfy_replies import FileRef, node_problems, parse_history_entry, rejection_error
 from generation_service.errors import BackendUnavailable, WorkflowRejected
 
 TRANSCRIPTS = Path(__file__).parent / "data" / "comfyui-transcripts"

@@ -1,0 +1,82 @@
+"""genctl against the real service: JSON lines for scripts, exit codes, human progress."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from stack_helpers import REPO, WORKFLOWS, Stack
+
+
+async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "genctl",
+        "generate",
+        *args,
+        "--server",
+        f"127.0.0.1:{stack.service.port}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_json_mode_prints_one_object_per_event_and_exits_0(stack: Stack) -> None:
+    code, out, err = await genctl(stack, str(WORKFLOWS / "audio.json"), "--json")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert {e["run_id"] for e in events} == {events[0]["run_id"]}
+    assert events[0]["type"] == "accepted" and events[-1]["type"] == "completed"
+    outputs = [e for e in events if e["type"] == "output_ready"]
+    assert [(o["media_type"], o["mime"]) for o in outputs] == [("audio", "audio/mpeg"), ("audio", "audio/flac")]
+    for output in outputs:
+        assert output["url"].startswith(stack.gateway.base_url)
+        assert len(output["sha256"]) == 64 and int(output["size_bytes"]) > 0
+    assert [o["media_type"] for o in events[-1]["outputs"]] == ["audio", "audio"]
+
+
+async def test_human_mode_shows_progress_and_prints_the_urls(stack: Stack) -> None:
+    code, out, err = await genctl(stack, str(WORKFLOWS / "image.json"))
+    assert code == 0, err
+    assert "node 2 Sampler [" in err and "12/12" in err and "completed in" in err
+    (url,) = out.split()
+    assert url.startswith(f"{stack.gateway.base_url}/api/media/image/")
+
+
+async def test_failed_run_exits_1_and_invalid_workflow_exits_2(stack: Stack, tmp_path: Path) -> None:
+    failing = tmp_path / "failing.json"
+    failing.write_text(
+        json.dumps(
+            {
+                "1": {"class_type": "LoadAudio", "inputs": {"audio": "missing.wav"}},
+                "2": {"class_type": "SaveAudio", "inputs": {"audio": ["1", 0], "filename_prefix": "x"}},
+            }
+        )
+    )
+    code, _, err = await genctl(stack, str(failing))
+    assert code == 2 and "INVALID_ARGUMENT" in err and "node 1 (LoadAudio)" in err
+
+    (stack.sim.settings.data_dir / "input" / "broken.wav").write_bytes(b"not audio")
+    failing.write_text(
+        json.dumps(
+            {
+                "1": {"class_type": "LoadAudio", "inputs": {"audio": "broken.wav"}},
+                "2": {"class_type": "SaveAudio", "inputs": {"audio": ["1", 0], "filename_prefix": "x"}},
+            }
+        )
+    )
+    code, out, err = await genctl(stack, str(failing), "--json")
+    assert code == 1, err
+    last = json.loads(out.splitlines()[-1])
+    assert (last["type"], last["code"], last["node_id"]) == ("failed", "execution_error", "1")
+
+    code, _, err = await genctl(stack, str(tmp_path / "nowhere.json"))
+    assert code == 2 and "cannot read" in err
