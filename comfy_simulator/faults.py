@@ -14,8 +14,8 @@ class Faults:
       the value is set; 0 closes each socket before its next frame).
     - ``refuse_connections``: every HTTP request and websocket upgrade of the ComfyUI API answers
       503 with ``Connection: close``.
-    - ``http_500_paths``: paths (``/prompt`` matches ``/prompt`` and ``/api/prompt``) answered with aiohttp's
-      500 text/plain page.
+    - ``http_500_paths``: paths answered with aiohttp's 500 text/plain page; ``/history`` matches
+      ``/history``, ``/history/<id>``, ``/api/history`` and ``/api/history/<id>``.
     - ``forget_prompts``: ``POST /prompt`` answers 200 but the prompt never enters the queue, and prompts that
       finish never get a history entry.
     - ``history_delay_s``: the history entry is written that long after the prompt finished (the ``status``
@@ -45,9 +45,10 @@ class Faults:
         object.__setattr__(self, "_on_unstall", listener)
 
     def is_500_path(self, path: str) -> bool:
-        if path in self.http_500_paths:
-            return True
-        return path.startswith("/api/") and path[4:] in self.http_500_paths
+        """``/history`` covers ``/history``, ``/history/<id>`` and their ``/api/`` forms."""
+        if path.startswith("/api/"):
+            path = path[4:]
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.http_500_paths)
 
     def reset(self) -> None:
         """Switch every fault off."""

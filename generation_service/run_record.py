@@ -59,6 +59,10 @@ class RunRecord:
         return cls(store, run_id, metadata)
 
     @property
+    def prompt_id(self) -> str:
+        return str(self.metadata["prompt_id"])
+
+    @property
     def run_dir(self) -> Path:
         return self.store.run_dir(self.run_id)
 

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SOCKET_WAIT_S = 5.0  # how long a submission waits for the backend websocket before relying on /history
 HISTORY_ATTEMPTS = 5  # /history reads after completion before the prompt counts as lost
+POLL_FAILURES_TOLERATED = 30  # consecutive failed /history polls (socket down) before the run fails
 _SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]([^\s'\"/\\]+)")
 
 
@@ -96,6 +97,7 @@ class Runner:
         self.media_base_url = media_base_url.rstrip("/")
         self.history_poll_s = history_poll_s
         self.runs: dict[str, RunHandle] = {}
+        self.poll_failures_tolerated = POLL_FAILURES_TOLERATED
 
     async def start(self, spec: RunSpec) -> RunHandle:
         """Validate, record and submit a run. Raises GenerationError before anything ran."""
@@ -111,6 +113,18 @@ class Runner:
             workflow_name=spec.workflow_name,
             workflow=submitted,
         )
+        submission = asyncio.create_task(self._submit(record, submitted, graph, spec))
+        try:
+            # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
+            return await asyncio.shield(submission)
+        except asyncio.CancelledError:
+            submission.add_done_callback(_cancel_if_accepted)
+            raise
+
+    async def _submit(
+        self, record: RunRecord, submitted: dict[str, Any], graph: dict[str, Any], spec: RunSpec
+    ) -> RunHandle:
+        run_id, prompt_id = record.run_id, record.prompt_id
         log = {"run_id": run_id, "prompt_id": prompt_id}
         sub = self.backend.subscribe(prompt_id)
         try:
@@ -128,7 +142,7 @@ class Runner:
                 error={"code": "rejected", "message": str(exc)},
                 finished_at=utc_now(),
             )
-            logger.info("run rejected: %s", exc, extra=log)
+            logger.info("run %s rejected: %s", run_id, exc, extra=log)
             raise
         handle = RunHandle(run_id, sub.frames)
         handle.publish(ev.Accepted(prompt_id, self.backend.public_url, spec.workflow_name))
@@ -169,6 +183,7 @@ class _Follower:
         self.started_at: float | None = None
         self.error: dict[str, Any] | None = None
         self.interrupted: dict[str, Any] | None = None
+        self.poll_failures = 0
         self.log = {"run_id": handle.run_id, "prompt_id": sub.prompt_id}
 
     async def run(self) -> None:
@@ -184,17 +199,20 @@ class _Follower:
         await self._finish(outcome)
 
     async def _follow(self) -> ev.Completed | ev.Failed | ev.Cancelled:
-        position = await self.backend.queue_position(self.sub.prompt_id)
-        if position is not None and self.started_at is None and self.sub.frames.empty():
-            self.handle.publish(ev.Queued(position))
-            await self.record.update(status=RunStatus.QUEUED, current_state={"step": "queued", "position": position})
+        with contextlib.suppress(GenerationError):  # the position is informative; the run goes on without it
+            position = await self.backend.queue_position(self.sub.prompt_id)
+            if position is not None and self.started_at is None and self.sub.frames.empty():
+                self.handle.publish(ev.Queued(position))
+                await self.record.update(
+                    status=RunStatus.QUEUED, current_state={"step": "queued", "position": position}
+                )
         while True:
             timeout = self.runner.history_poll_s if self.sub.blind else None
             try:
                 async with asyncio.timeout(timeout):
                     item = await self.sub.frames.get()
             except TimeoutError:
-                if (entry := await self.backend.history(self.sub.prompt_id)) is not None:
+                if (entry := await self._poll_history()) is not None:
                     return await self._conclude(entry)
                 continue
             if isinstance(item, CancelRequest):
@@ -204,6 +222,18 @@ class _Follower:
                 continue
             if await self._on_frame(item):
                 return await self._conclude(await self._final_history())
+
+    async def _poll_history(self) -> HistoryEntry | None:
+        """One poll while the socket is down; a backend that keeps failing ends the run."""
+        try:
+            entry = await self.backend.history(self.sub.prompt_id)
+        except GenerationError:
+            self.poll_failures += 1
+            if self.poll_failures >= self.runner.poll_failures_tolerated:
+                raise
+            return None
+        self.poll_failures = 0
+        return entry
 
     async def _on_frame(self, frame: dict[str, Any]) -> bool:
         """Translate one websocket frame; True when the prompt is done (``executing`` with node null)."""
@@ -341,6 +371,11 @@ class _Follower:
         await self.record.update(status=status, current_state={"step": status.value}, **fields)
         self.handle.publish(outcome)
         logger.info("run %s %s", self.handle.run_id, status.value, extra=self.log)
+
+
+def _cancel_if_accepted(submission: asyncio.Task[RunHandle]) -> None:
+    if not submission.cancelled() and submission.exception() is None:
+        submission.result().cancel("the client went away before the run was accepted")
 
 
 def _server_duration(entry: HistoryEntry) -> float | None:
