@@ -246,6 +246,21 @@ class ComfyBackend:
         async with self._request("POST", "interrupt", json={"prompt_id": prompt_id}):
             pass
 
+    async def upload(self, data: bytes, filename: str, subfolder: str = "") -> str:
+        """Upload an input file (any media: ComfyUI's /upload/image takes audio and video too) and return
+        the name a Load* node takes: ``subfolder/name``. An existing file of the same name is overwritten,
+        so callers pick names unique to their run."""
+        form = aiohttp.FormData()
+        form.add_field("image", data, filename=filename, content_type="application/octet-stream")
+        form.add_field("type", "input")
+        form.add_field("subfolder", subfolder)
+        form.add_field("overwrite", "true")
+        reply = await self._json("POST", "upload/image", data=form)
+        if not isinstance(reply, dict) or not isinstance(reply.get("name"), str):
+            raise BackendProtocolError(f"POST /upload/image answered without a file name: {reply!r:.200}")
+        folder = str(reply.get("subfolder") or "")
+        return f"{folder}/{reply['name']}" if folder else str(reply["name"])
+
     async def download(self, ref: FileRef) -> AsyncIterator[bytes]:
         """The file's bytes, streamed in chunks of at most DOWNLOAD_CHUNK (never held whole)."""
         query = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}  # filename first: see Swarm

@@ -343,3 +343,17 @@ async def test_run_fails_unavailable_when_history_keeps_failing_without_a_socket
     assert events[-1].failed.code == pb.FAILURE_CODE_BACKEND_UNAVAILABLE
     assert "500" in events[-1].failed.message
     assert output_files(stack.runs_dir) == []
+
+
+async def test_uploaded_input_feeds_a_load_node(stack: Stack) -> None:
+    produced = await generate(stack, load("audio.json"))
+    flac = await fetch_output(stack, produced[-1].completed.outputs[1])
+    name = await stack.service.runner.backend.upload(flac, "tone.flac", subfolder="gensvc-inputs")
+    assert name == "gensvc-inputs/tone.flac"
+    graph = {
+        "1": {"class_type": "LoadAudio", "inputs": {"audio": name}},
+        "2": {"class_type": "SaveAudioMP3", "inputs": {"audio": ["1", 0], "filename_prefix": "x", "quality": "V0"}},
+    }
+    events = await generate(stack, graph)
+    assert kinds(events)[-1] == "completed"
+    assert duration_s(await fetch_output(stack, events[-1].completed.outputs[0])) == pytest.approx(3.0, abs=0.1)
