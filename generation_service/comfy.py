@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,13 +27,20 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import aiohttp
 
 from generation_service.comfy_replies import FileRef, HistoryEntry, loads, parse_history_entry, rejection_error
-from generation_service.errors import BackendProtocolError, BackendUnavailable
+from generation_service.errors import BackendProtocolError, BackendUnavailable, GenerationError
 
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_CHUNK = 1 << 20
+_RETRY_BASE_S = 0.2
 _RECONNECT_MIN_S = 0.1
 _RECONNECT_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class QueueState:
+    running: bool
+    ahead: int  # prompts that run before this one (running ones included)
 
 
 class SocketLost:
@@ -55,8 +63,11 @@ class Subscription:
 class ComfyBackend:
     """HTTP + websocket client of one ComfyUI; safe to share between all runs of the process."""
 
-    def __init__(self, base_url: str, *, backend_id: str = "", request_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, *, backend_id: str = "", request_timeout_s: float = 30.0, retries: int = 3
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.retries = retries
         self._headers = {"X-Swarm-Backend-ID": backend_id} if backend_id else {}
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._download_timeout = aiohttp.ClientTimeout(
@@ -174,15 +185,45 @@ class ComfyBackend:
     async def _request(
         self, method: str, path: str, *, timeout: aiohttp.ClientTimeout | None = None, **kwargs: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One request; connection failures and 5xx answers become BackendUnavailable."""
+        """One request, retried with backoff while the backend refuses connections or answers 5xx.
+
+        A POST is retried only when it surely did not reach the backend (no connection) or was
+        answered with a server error; a POST that timed out or lost its connection may have been
+        applied, so it is not repeated. What still fails becomes BackendUnavailable. ``data`` may be
+        a callable that builds the body afresh for each attempt (multipart bodies are single-use).
+        """
+        url, attempt = self._url(path), 0
+        while True:
+            body = kwargs.get("data")
+            sent = {**kwargs, "data": body()} if callable(body) else kwargs
+            try:
+                resp = await self._http.request(method, url, timeout=timeout or self._timeout, **sent)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                safe = method == "GET" or isinstance(exc, aiohttp.ClientConnectorError)
+                if safe and attempt < self.retries:
+                    attempt = await self._backoff(attempt, method, path, repr(exc))
+                    continue
+                raise BackendUnavailable(f"backend {self.public_url} unreachable ({method} /{path}): {exc!r}") from exc
+            if resp.status < 500:
+                break
+            text = (await resp.text(errors="replace"))[:200]
+            resp.release()
+            if attempt < self.retries:
+                attempt = await self._backoff(attempt, method, path, f"{resp.status} {text}")
+                continue
+            raise BackendUnavailable(f"backend answered {method} /{path} with {resp.status}: {text}")
         try:
-            async with self._http.request(method, self._url(path), timeout=timeout or self._timeout, **kwargs) as resp:
-                if resp.status >= 500:
-                    body = (await resp.text(errors="replace"))[:200]
-                    raise BackendUnavailable(f"backend answered {method} /{path} with {resp.status}: {body}")
-                yield resp
+            yield resp
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendUnavailable(f"backend {self.public_url} unreachable ({method} /{path}): {exc!r}") from exc
+            raise BackendUnavailable(f"backend {self.public_url} broke off {method} /{path}: {exc!r}") from exc
+        finally:
+            resp.release()
+
+    async def _backoff(self, attempt: int, method: str, path: str, why: str) -> int:
+        delay = _RETRY_BASE_S * 2**attempt * (0.5 + random.random())
+        logger.info("backend %s /%s failed (%s); retry %d in %.2f s", method, path, why, attempt + 1, delay)
+        await asyncio.sleep(delay)
+        return attempt + 1
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         async with self._request(method, path, **kwargs) as resp:
@@ -202,11 +243,22 @@ class ComfyBackend:
         sub.client_id = self._client_id or str(uuid.uuid4())
         sub.blind = not self._client_id  # no socket: nothing will arrive for this prompt
         body = {"prompt": graph, "client_id": sub.client_id, "prompt_id": sub.prompt_id}
+        try:
+            return await self._post_prompt(sub.prompt_id, body)
+        except BackendUnavailable:
+            # The POST may have been applied before the connection broke: we chose the prompt id, so ask.
+            with contextlib.suppress(GenerationError):
+                if await self.queue_state(sub.prompt_id) or await self.history(sub.prompt_id):
+                    logger.warning("prompt %s was queued although its POST failed", sub.prompt_id)
+                    return {}
+            raise
+
+    async def _post_prompt(self, prompt_id: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self._request("POST", "prompt", json=body) as resp:
             text = await resp.text(errors="replace")
             if resp.status == 200:
                 reply = loads(text)
-                if not isinstance(reply, dict) or reply.get("prompt_id") != sub.prompt_id:
+                if not isinstance(reply, dict) or reply.get("prompt_id") != prompt_id:
                     raise BackendProtocolError(f"POST /prompt answered without our prompt id: {text[:200]}")
                 errors = reply.get("node_errors") or {}
                 return errors if isinstance(errors, dict) else {}
@@ -225,15 +277,15 @@ class ComfyBackend:
         entry = data.get(prompt_id) if isinstance(data, dict) else None
         return parse_history_entry(entry) if isinstance(entry, dict) else None
 
-    async def queue_position(self, prompt_id: str) -> int | None:
-        """How many prompts run before this one; 0 when it is running or next; None when not queued."""
+    async def queue_state(self, prompt_id: str) -> QueueState | None:
+        """Where the prompt is in the backend's queue; None when it is neither running nor pending."""
         data = await self._json("GET", "queue")
         running = [item[1] for item in data.get("queue_running", [])]
-        pending = sorted(data.get("queue_pending", []), key=lambda item: item[0])  # heap order on the wire
         if prompt_id in running:
-            return 0
+            return QueueState(running=True, ahead=0)
+        pending = sorted(data.get("queue_pending", []), key=lambda item: item[0])  # heap order on the wire
         ids = [item[1] for item in pending]
-        return len(running) + ids.index(prompt_id) if prompt_id in ids else None
+        return QueueState(running=False, ahead=len(running) + ids.index(prompt_id)) if prompt_id in ids else None
 
     async def cancel(self, prompt_id: str) -> None:
         """Remove the prompt from the queue if pending, and interrupt it if running.
@@ -250,11 +302,15 @@ class ComfyBackend:
         """Upload an input file (any media: ComfyUI's /upload/image takes audio and video too) and return
         the name a Load* node takes: ``subfolder/name``. An existing file of the same name is overwritten,
         so callers pick names unique to their run."""
-        form = aiohttp.FormData()
-        form.add_field("image", data, filename=filename, content_type="application/octet-stream")
-        form.add_field("type", "input")
-        form.add_field("subfolder", subfolder)
-        form.add_field("overwrite", "true")
+
+        def form() -> aiohttp.FormData:
+            body = aiohttp.FormData()
+            body.add_field("image", data, filename=filename, content_type="application/octet-stream")
+            body.add_field("type", "input")
+            body.add_field("subfolder", subfolder)
+            body.add_field("overwrite", "true")
+            return body
+
         reply = await self._json("POST", "upload/image", data=form)
         if not isinstance(reply, dict) or not isinstance(reply.get("name"), str):
             raise BackendProtocolError(f"POST /upload/image answered without a file name: {reply!r:.200}")

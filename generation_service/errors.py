@@ -16,8 +16,28 @@ class GenerationError(Exception):
     """Base class of every error the service reports to callers."""
 
 
-class InvalidWorkflow(GenerationError):
+class InvalidRequest(GenerationError):
+    """A field of the request is malformed."""
+
+
+class InvalidWorkflow(InvalidRequest):
     """The workflow in the request is not a usable ComfyUI API-format workflow."""
+
+
+class RunNotFound(GenerationError):
+    """No run has this id."""
+
+
+class RequestConflict(GenerationError):
+    """A request_id was reused for a request that differs from the one it first named."""
+
+
+class TooManyRuns(GenerationError):
+    """The service runs as many runs as it may; ``retry_after_s`` is when trying again makes sense."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)

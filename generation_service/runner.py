@@ -1,36 +1,45 @@
-"""One run's lifecycle: submit to the backend, follow it, store its outputs, publish its events.
+"""Runs: starting them (idempotently, within a bound), watching, listing and cancelling them, and
+picking up the unfinished ones after a restart.
 
-A run lives in a background task that owns it; callers watch it through its RunHandle, so a run is
-not tied to the connection that started it (a cancelled Generate call cancels the run explicitly).
+Each run lives in a background task (its Follower) that owns it; callers watch it through its
+RunHandle, so a run is not tied to the connection that started it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
+import hashlib
+import json
 import logging
-import re
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from generation_service import events as ev
-from generation_service import outputs, workflow
-from generation_service.comfy import SOCKET_LOST, ComfyBackend, Subscription
-from generation_service.comfy_replies import HistoryEntry, node_problems
-from generation_service.errors import BackendUnavailable, GenerationError, WorkflowRejected
-from generation_service.run_record import RunRecord
-from runstore import RunStatus, RunStore, media_url, new_run_id, utc_now
+from generation_service import journal, workflow
+from generation_service.comfy import ComfyBackend
+from generation_service.comfy_replies import node_problems
+from generation_service.errors import (
+    BackendUnavailable,
+    GenerationError,
+    InvalidRequest,
+    RequestConflict,
+    RunNotFound,
+    TooManyRuns,
+    WorkflowRejected,
+)
+from generation_service.follower import Follower, FollowPolicy
+from generation_service.run_handle import RunHandle
+from generation_service.run_record import RunOptions, RunRecord, RunSummary, failure_to_json, summarize
+from runstore import PARTIAL_SUFFIX, InvalidRunId, RunStatus, RunStore, new_run_id, parse_run_id, utc_now
 
 logger = logging.getLogger(__name__)
 
-SOCKET_WAIT_S = 5.0  # how long a submission waits for the backend websocket before relying on /history
-HISTORY_ATTEMPTS = 5  # /history reads after completion before the prompt counts as lost
-POLL_FAILURES_TOLERATED = 30  # consecutive failed /history polls (socket down) before the run fails
-_SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]([^\s'\"/\\]+)")
+SOCKET_WAIT_S = 5.0  # how long a submission waits for the backend websocket before relying on polling
+MAX_REQUEST_ID = 128
+MAX_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -40,337 +49,286 @@ class RunSpec:
     workflow_json: str
     workflow_name: str = ""
     include_previews: bool = False
-
-
-@dataclass(frozen=True)
-class CancelRequest:
-    reason: str
-
-
-class RunHandle:
-    """The live event log of one run. Any number of readers; events are never dropped."""
-
-    def __init__(self, run_id: str, inbox: asyncio.Queue[Any]) -> None:
-        self.run_id = run_id
-        self._events: list[ev.RunEvent] = []
-        self._wakeup = asyncio.Event()
-        self._inbox = inbox
-        self.task: asyncio.Task[None] | None = None
+    request_id: str = ""
+    queue_timeout_s: float | None = None
+    execution_timeout_s: float | None = None
 
     @property
-    def finished(self) -> bool:
-        return bool(self._events) and self._events[-1].is_terminal
+    def fingerprint(self) -> str:
+        """What makes two requests the same request (timeouts are how to run it, not what)."""
+        content = json.dumps([self.workflow_json, self.workflow_name, self.include_previews])
+        return hashlib.sha256(content.encode()).hexdigest()
 
-    def publish(self, body: ev.EventBody) -> ev.RunEvent:
-        event = ev.RunEvent(self.run_id, len(self._events) + 1, datetime.now(UTC), body)
-        self._events.append(event)
-        wakeup, self._wakeup = self._wakeup, asyncio.Event()
-        wakeup.set()
-        return event
 
-    async def events(self, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
-        """Every event after ``after_seq``, then live ones, until the terminal event."""
-        index = after_seq
-        while True:
-            while index < len(self._events):
-                event = self._events[index]
-                index += 1
-                yield event
-                if event.is_terminal:
-                    return
-            await self._wakeup.wait()
-
-    def cancel(self, reason: str) -> None:
-        """Ask the run to stop; it ends with a ``cancelled`` event unless it finished first."""
-        if not self.finished:
-            self._inbox.put_nowait(CancelRequest(reason))
+@dataclass
+class _IndexEntry:
+    created: str
+    status: RunStatus
+    request_id: str
+    fingerprint: str
 
 
 class Runner:
     """Starts runs and keeps them going; shared by every RPC of the process."""
 
     def __init__(
-        self, store: RunStore, backend: ComfyBackend, *, media_base_url: str, history_poll_s: float = 1.0
+        self,
+        store: RunStore,
+        backend: ComfyBackend,
+        policy: FollowPolicy,
+        *,
+        defaults: RunOptions | None = None,
+        max_in_flight: int = 1000,
     ) -> None:
         self.store = store
         self.backend = backend
-        self.media_base_url = media_base_url.rstrip("/")
-        self.history_poll_s = history_poll_s
-        self.runs: dict[str, RunHandle] = {}
-        self.poll_failures_tolerated = POLL_FAILURES_TOLERATED
+        self.policy = policy
+        self.defaults = defaults or RunOptions()
+        self.max_in_flight = max_in_flight
+        self.runs: dict[str, RunHandle] = {}  # live runs only
+        self._index: dict[str, _IndexEntry] = {}
+        self._requests: dict[str, str] = {}  # request_id -> run_id, for accepted runs
+        self._request_locks: dict[str, asyncio.Lock] = {}
+        self._submitting = 0
+
+    # -- starting ---------------------------------------------------------------------------------
 
     async def start(self, spec: RunSpec) -> RunHandle:
-        """Validate, record and submit a run. Raises GenerationError before anything ran."""
+        """Start a run, or return the run this request_id already started. Raises GenerationError
+        before anything ran."""
+        if len(spec.request_id) > MAX_REQUEST_ID or not (spec.request_id.isascii() and spec.request_id.isprintable()):
+            raise InvalidRequest(f"request_id must be at most {MAX_REQUEST_ID} printable ASCII characters")
+        if not spec.request_id:
+            return await self._start_new(spec)
+        # One submission per request_id at a time, so simultaneous retries cannot start two runs.
+        async with self._request_locks.setdefault(spec.request_id, asyncio.Lock()):
+            if (run_id := self._requests.get(spec.request_id)) is not None:
+                if self._index[run_id].fingerprint != spec.fingerprint:
+                    raise RequestConflict(
+                        f"request_id {spec.request_id!r} was already used for a different request (run {run_id}); "
+                        "use a new request_id for a new request"
+                    )
+                return self.runs.get(run_id) or self._replay(run_id)
+            return await self._start_new(spec)
+
+    async def _start_new(self, spec: RunSpec) -> RunHandle:
+        if len(self.runs) + self._submitting >= self.max_in_flight:
+            raise TooManyRuns(
+                f"{self.max_in_flight} runs are in flight, the most this service accepts",
+                retry_after_s=max(1.0, self.policy.keepalive_s),
+            )
         graph = workflow.parse(spec.workflow_json)
-        run_id, prompt_id = new_run_id(), str(uuid.uuid4())
-        submitted = workflow.with_run_prefixes(graph, run_id)
-        record = await asyncio.to_thread(
-            RunRecord.create,
-            self.store,
-            run_id,
-            prompt_id=prompt_id,
-            backend=self.backend.public_url,
-            workflow_name=spec.workflow_name,
-            workflow=submitted,
+        options = RunOptions(
+            include_previews=spec.include_previews,
+            queue_timeout_s=spec.queue_timeout_s or self.defaults.queue_timeout_s,
+            execution_timeout_s=spec.execution_timeout_s or self.defaults.execution_timeout_s,
         )
-        submission = asyncio.create_task(self._submit(record, submitted, graph, spec))
+        run_id = new_run_id()
+        submitted = workflow.with_run_prefixes(graph, run_id)
+        self._submitting += 1
         try:
-            # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
-            return await asyncio.shield(submission)
-        except asyncio.CancelledError:
-            submission.add_done_callback(_cancel_if_accepted)
-            raise
+            record = await asyncio.to_thread(
+                RunRecord.create,
+                self.store,
+                run_id,
+                prompt_id=str(uuid.uuid4()),
+                backend=self.backend.public_url,
+                workflow_name=spec.workflow_name,
+                workflow=submitted,
+                options=options,
+                request_id=spec.request_id,
+                fingerprint=spec.fingerprint,
+            )
+            self._track(record)
+            submission = asyncio.create_task(self._submit(record, submitted, graph, spec))
+            try:
+                # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
+                return await asyncio.shield(submission)
+            except asyncio.CancelledError:
+                submission.add_done_callback(_cancel_if_accepted)
+                raise
+        finally:
+            self._submitting -= 1
 
     async def _submit(
         self, record: RunRecord, submitted: dict[str, Any], graph: dict[str, Any], spec: RunSpec
     ) -> RunHandle:
-        run_id, prompt_id = record.run_id, record.prompt_id
-        log = {"run_id": run_id, "prompt_id": prompt_id}
-        sub = self.backend.subscribe(prompt_id)
+        sub = self.backend.subscribe(record.prompt_id)
         try:
             await self.backend.wait_connected(SOCKET_WAIT_S)
             dropped = node_problems(await self.backend.submit(sub, submitted))
             if dropped:
                 # ComfyUI queued only the valid outputs; a partial run is not what was asked for.
-                await self.backend.cancel(prompt_id)
+                await self.backend.cancel(record.prompt_id)
                 raise WorkflowRejected("some output nodes failed validation", tuple(dropped))
         except GenerationError as exc:
             self.backend.unsubscribe(sub)
+            code = (
+                ev.FailureCode.BACKEND_UNAVAILABLE
+                if isinstance(exc, BackendUnavailable)
+                else ev.FailureCode.INVALID_WORKFLOW
+            )
+            problems = exc.problems if isinstance(exc, WorkflowRejected) else ()
             await record.update(
                 status=RunStatus.FAILED,
                 current_state={"step": "rejected"},
-                error={"code": "rejected", "message": str(exc)},
                 finished_at=utc_now(),
+                error=failure_to_json(ev.Failed(code, str(exc), node_errors=problems)),
             )
-            logger.info("run %s rejected: %s", run_id, exc, extra=log)
+            logger.info("run %s rejected: %s", record.run_id, exc)
             raise
-        handle = RunHandle(run_id, sub.frames)
-        handle.publish(ev.Accepted(prompt_id, self.backend.public_url, spec.workflow_name))
-        logger.info("run %s accepted as prompt %s", run_id, prompt_id, extra=log)
-        follower = _Follower(self, handle, record, sub, workflow.node_infos(graph), spec)
-        handle.task = asyncio.create_task(follower.run(), name=f"run-{run_id}")
-        self.runs[run_id] = handle
-        handle.task.add_done_callback(lambda _: self.runs.pop(run_id, None))
+        handle = self._attach(record, sub, graph, past=[])
+        handle.publish(ev.Accepted(record.prompt_id, self.backend.public_url, spec.workflow_name))
+        if spec.request_id:
+            self._requests[spec.request_id] = record.run_id
+        logger.info("run %s accepted as prompt %s", record.run_id, record.prompt_id)
+        self._follow(handle, record, sub, graph)
         return handle
 
+    def _attach(self, record: RunRecord, sub: Any, graph: dict[str, Any], past: list[ev.RunEvent]) -> RunHandle:
+        handle = RunHandle(record.run_id, sub.frames, journal.Journal(record.run_dir), past)
+        self.runs[record.run_id] = handle
+        return handle
+
+    def _follow(self, handle: RunHandle, record: RunRecord, sub: Any, graph: dict[str, Any]) -> None:
+        follower = Follower(self.backend, self.policy, handle, record, sub, workflow.node_infos(graph))
+        handle.task = asyncio.create_task(follower.run(), name=f"run-{record.run_id}")
+        handle.task.add_done_callback(lambda _: self.runs.pop(record.run_id, None))
+
+    def _track(self, record: RunRecord) -> None:
+        meta = record.metadata
+        self._index[record.run_id] = _IndexEntry(
+            str(meta["timestamp"]),
+            record.status,
+            str(meta.get("request_id") or ""),
+            str(meta.get("request_fingerprint") or ""),
+        )
+
+        def on_change(metadata: dict[str, Any]) -> None:
+            self._index[record.run_id].status = RunStatus(metadata["status"])
+
+        record.on_change = on_change
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _replay(self, run_id: str) -> RunHandle:
+        """A read-only handle over a finished run's persisted events."""
+        return RunHandle.replay(run_id, journal.read(self.store.run_dir(run_id), run_id))
+
+    def _known(self, run_id: str) -> str:
+        try:
+            parse_run_id(run_id)
+        except InvalidRunId as exc:
+            raise InvalidRequest(f"run_id {run_id[:80]!r}: {exc}") from exc
+        if run_id not in self._index:
+            raise RunNotFound(f"no run {run_id}")
+        return run_id
+
+    def watch(self, run_id: str, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
+        """The run's events after ``after_seq``: replayed from its log, then live until it ends."""
+        self._known(run_id)
+        handle = self.runs.get(run_id) or self._replay(run_id)
+        return handle.events(after_seq)
+
+    async def get(self, run_id: str) -> RunSummary:
+        self._known(run_id)
+        metadata = await asyncio.to_thread(self.store.read_metadata, run_id)
+        if metadata is None:
+            raise RunNotFound(f"run {run_id} has no readable metadata")
+        live = self.runs.get(run_id)
+        last_seq = live.last_seq if live else int(metadata.get("last_seq") or 0)
+        return summarize(metadata, self.policy.media_base_url, last_seq)
+
+    async def list_runs(
+        self, statuses: frozenset[RunStatus], page_size: int, page_token: str
+    ) -> tuple[list[RunSummary], str]:
+        """Runs newest first; the token is the position after the last run of the previous page."""
+        size = page_size or 50
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidRequest(f"page_size must be between 1 and {MAX_PAGE}")
+        after = _decode_token(page_token)
+        ordered = sorted(
+            ((e.created, run_id) for run_id, e in self._index.items() if not statuses or e.status in statuses),
+            reverse=True,
+        )
+        rest = [key for key in ordered if after is None or key < after]
+        page = rest[:size]
+        summaries = [await self.get(run_id) for _, run_id in page]
+        return summaries, _encode_token(page[-1]) if len(rest) > size else ""
+
+    async def cancel(self, run_id: str, reason: str) -> RunSummary:
+        """Cancel a run and wait until it has ended; a finished run is returned as it is."""
+        self._known(run_id)
+        if (handle := self.runs.get(run_id)) is not None:
+            handle.cancel(reason)
+            await handle.wait_finished()
+        return await self.get(run_id)
+
+    # -- start-up and shutdown --------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Index run storage and re-attach every unfinished run by its prompt id; returns how many."""
+        metadata_list = await asyncio.to_thread(self._scan)
+        resumed = 0
+        for metadata in metadata_list:
+            record = RunRecord(self.store, str(metadata["run_id"]), metadata)
+            self._track(record)
+            if record.metadata.get("request_id") and (record.run_dir / journal.EVENTS_FILE).exists():
+                self._requests[str(record.metadata["request_id"])] = record.run_id
+            if not record.status.is_terminal:
+                await self._resume(record)
+                resumed += 1
+        return resumed
+
+    def _scan(self) -> list[dict[str, Any]]:
+        found = []
+        for path in self.store.root.iterdir() if self.store.root.is_dir() else ():
+            try:
+                metadata = self.store.read_metadata(parse_run_id(path.name))
+            except InvalidRunId:
+                continue
+            if metadata is not None and metadata.get("run_id") == path.name:
+                found.append(metadata)
+        return found
+
+    async def _resume(self, record: RunRecord) -> None:
+        for leftover in record.run_dir.glob(f".*{PARTIAL_SUFFIX}"):
+            leftover.unlink(missing_ok=True)  # a download cut off by the restart
+        past = await asyncio.to_thread(journal.read, record.run_dir, record.run_id)
+        graph = json.loads((record.run_dir / "01_workflow.json").read_text())
+        sub = self.backend.subscribe(record.prompt_id)
+        sub.blind = True  # its events went to the previous process's socket
+        handle = self._attach(record, sub, graph, past)
+        if not past:
+            # The service stopped between recording the run and announcing it: did the POST land?
+            if (
+                await self.backend.queue_state(record.prompt_id) is None
+                and await self.backend.history(record.prompt_id) is None
+            ):
+                self.backend.unsubscribe(sub)
+                self.runs.pop(record.run_id, None)
+                await record.update(
+                    status=RunStatus.FAILED,
+                    finished_at=utc_now(),
+                    error=failure_to_json(
+                        ev.Failed(
+                            ev.FailureCode.PROMPT_LOST, "the service restarted before the backend took the prompt"
+                        )
+                    ),
+                )
+                return
+            handle.publish(ev.Accepted(record.prompt_id, self.backend.public_url, str(record.metadata["workflow"])))
+        logger.info(
+            "run %s resumed after a restart (prompt %s, %d events so far)", record.run_id, record.prompt_id, len(past)
+        )
+        self._follow(handle, record, sub, graph)
+
     async def close(self) -> None:
+        """Stop following (runs stay unfinished in storage and are resumed by the next start)."""
         tasks = [h.task for h in self.runs.values() if h.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class _Follower:
-    """Follows one submitted prompt to its end. Owns the run's record and event log."""
-
-    def __init__(
-        self,
-        runner: Runner,
-        handle: RunHandle,
-        record: RunRecord,
-        sub: Subscription,
-        nodes: dict[str, workflow.NodeInfo],
-        spec: RunSpec,
-    ) -> None:
-        self.runner = runner
-        self.backend = runner.backend
-        self.handle = handle
-        self.record = record
-        self.sub = sub
-        self.nodes = nodes
-        self.spec = spec
-        self.accepted_at = time.monotonic()
-        self.started_at: float | None = None
-        self.error: dict[str, Any] | None = None
-        self.interrupted: dict[str, Any] | None = None
-        self.poll_failures = 0
-        self.log = {"run_id": handle.run_id, "prompt_id": sub.prompt_id}
-
-    async def run(self) -> None:
-        try:
-            outcome = await self._follow()
-        except BackendUnavailable as exc:
-            outcome = ev.Failed(ev.FailureCode.BACKEND_UNAVAILABLE, str(exc))
-        except Exception as exc:
-            logger.exception("run %s failed inside the service", self.handle.run_id, extra=self.log)
-            outcome = ev.Failed(ev.FailureCode.INTERNAL, f"internal error: {type(exc).__name__}")
-        finally:
-            self.backend.unsubscribe(self.sub)
-        await self._finish(outcome)
-
-    async def _follow(self) -> ev.Completed | ev.Failed | ev.Cancelled:
-        with contextlib.suppress(GenerationError):  # the position is informative; the run goes on without it
-            position = await self.backend.queue_position(self.sub.prompt_id)
-            if position is not None and self.started_at is None and self.sub.frames.empty():
-                self.handle.publish(ev.Queued(position))
-                await self.record.update(
-                    status=RunStatus.QUEUED, current_state={"step": "queued", "position": position}
-                )
-        while True:
-            timeout = self.runner.history_poll_s if self.sub.blind else None
-            try:
-                async with asyncio.timeout(timeout):
-                    item = await self.sub.frames.get()
-            except TimeoutError:
-                if (entry := await self._poll_history()) is not None:
-                    return await self._conclude(entry)
-                continue
-            if isinstance(item, CancelRequest):
-                return await self._cancel(item.reason)
-            if item is SOCKET_LOST:
-                logger.warning("run %s: backend socket lost; polling /history", self.handle.run_id, extra=self.log)
-                continue
-            if await self._on_frame(item):
-                return await self._conclude(await self._final_history())
-
-    async def _poll_history(self) -> HistoryEntry | None:
-        """One poll while the socket is down; a backend that keeps failing ends the run."""
-        try:
-            entry = await self.backend.history(self.sub.prompt_id)
-        except GenerationError:
-            self.poll_failures += 1
-            if self.poll_failures >= self.runner.poll_failures_tolerated:
-                raise
-            return None
-        self.poll_failures = 0
-        return entry
-
-    async def _on_frame(self, frame: dict[str, Any]) -> bool:
-        """Translate one websocket frame; True when the prompt is done (``executing`` with node null)."""
-        kind, data = frame.get("type"), frame.get("data") or {}
-        if kind == "execution_start":
-            self.started_at = time.monotonic()
-            self.handle.publish(ev.Started(self.started_at - self.accepted_at))
-            await self.record.update(status=RunStatus.RUNNING, current_state={"step": "running"})
-        elif kind == "execution_cached" and data.get("nodes"):
-            self.handle.publish(ev.NodesCached(tuple(str(n) for n in data["nodes"])))
-        elif kind == "executing":
-            node = data.get("node")
-            if node is None:
-                return True
-            info = self.nodes.get(str(node), workflow.NodeInfo("", ""))
-            self.handle.publish(ev.NodeStarted(str(node), info.class_type, info.title))
-            await self.record.update(
-                current_state={"step": "running", "node_id": str(node), "class_type": info.class_type}
-            )
-        elif kind == "progress":
-            self.handle.publish(
-                ev.NodeProgress(str(data.get("node", "")), int(data.get("value", 0)), int(data.get("max", 0)))
-            )
-        elif kind == "execution_error":
-            self.error = data
-        elif kind == "execution_interrupted":
-            self.interrupted = data
-        return False
-
-    async def _final_history(self) -> HistoryEntry | None:
-        # ComfyUI writes history before it sends the final ``executing``; the retries cover proxies
-        # and backends that answer a moment late.
-        for attempt in range(HISTORY_ATTEMPTS):
-            if (entry := await self.backend.history(self.sub.prompt_id)) is not None:
-                return entry
-            await asyncio.sleep(0.05 * 2**attempt)
-        return None
-
-    async def _conclude(self, entry: HistoryEntry | None) -> ev.Completed | ev.Failed | ev.Cancelled:
-        if entry is None:
-            return ev.Failed(ev.FailureCode.PROMPT_LOST, "the backend finished the prompt but has no history for it")
-        error = self.error or entry.message("execution_error")
-        interrupted = self.interrupted or entry.message("execution_interrupted")
-        if not entry.succeeded:
-            if error:
-                return ev.Failed(
-                    ev.FailureCode.EXECUTION_ERROR,
-                    _scrub(str(error.get("exception_message", "the node raised an error")).strip()),
-                    node_id=str(error.get("node_id", "")),
-                    node_type=str(error.get("node_type", "")),
-                    exception_type=str(error.get("exception_type", "")),
-                )
-            if interrupted:
-                return ev.Cancelled("interrupted on the backend")
-            return ev.Failed(ev.FailureCode.EXECUTION_ERROR, f"the backend reported status {entry.status_str!r}")
-        return await self._store_outputs(entry)
-
-    async def _store_outputs(self, entry: HistoryEntry) -> ev.Completed | ev.Failed:
-        execution_s = _server_duration(entry) or (time.monotonic() - (self.started_at or self.accepted_at))
-        await self.record.update(current_state={"step": "downloading"})
-        stored: list[ev.StoredOutput] = []
-        for download in outputs.select_downloads(entry.outputs, self.spec.include_previews):
-            sequence = self.record.next_sequence
-            try:
-                file = await outputs.store(
-                    self.backend.download(download.ref), self.record.run_dir, sequence, download.ref.filename
-                )
-            except GenerationError as exc:
-                return ev.Failed(
-                    ev.FailureCode.OUTPUT_FAILED, f"output {download.ref.filename!r}: {exc}", node_id=download.node_id
-                )
-            kind = file.format.kind
-            index = sum(1 for s in stored if s.kind == kind)
-            output = ev.StoredOutput(
-                kind=kind,
-                index=index,
-                url=media_url(self.runner.media_base_url, kind, self.handle.run_id, index),
-                mime=file.format.mime,
-                size_bytes=file.size_bytes,
-                sha256=file.sha256,
-                node_id=download.node_id,
-                filename=file.filename,
-            )
-            await self.record.update(
-                entity={
-                    "sequence": sequence,
-                    "type": kind.entity_type,
-                    "filename": file.filename,
-                    "timestamp": utc_now(),
-                    "metadata": {
-                        "format": file.format.ext,
-                        "mime": file.format.mime,
-                        "size_bytes": file.size_bytes,
-                        "sha256": file.sha256,
-                        "node_id": download.node_id,
-                        "filename": download.ref.filename,
-                        "subfolder": download.ref.subfolder,
-                        "type": download.ref.type,
-                    },
-                }
-            )
-            stored.append(output)
-            self.handle.publish(ev.OutputReady(output))
-            logger.info(
-                "run %s stored %s (%d bytes)", self.handle.run_id, file.filename, file.size_bytes, extra=self.log
-            )
-        queue_wait_s = (self.started_at or self.accepted_at) - self.accepted_at
-        return ev.Completed(tuple(stored), queue_wait_s, execution_s)
-
-    async def _cancel(self, reason: str) -> ev.Cancelled:
-        with contextlib.suppress(GenerationError):
-            await self.backend.cancel(self.sub.prompt_id)
-        return ev.Cancelled(reason)
-
-    async def _finish(self, outcome: ev.Completed | ev.Failed | ev.Cancelled) -> None:
-        fields: dict[str, Any] = {"finished_at": utc_now()}
-        if isinstance(outcome, ev.Completed):
-            status = RunStatus.COMPLETED
-            fields["timings"] = {
-                "queue_wait_s": round(outcome.queue_wait_s, 3),
-                "execution_s": round(outcome.execution_s, 3),
-            }
-        elif isinstance(outcome, ev.Failed):
-            status = RunStatus.FAILED
-            fields["error"] = {
-                "code": outcome.code.value,
-                "message": outcome.message,
-                "node_id": outcome.node_id,
-                "node_type": outcome.node_type,
-                "exception_type": outcome.exception_type,
-            }
-        else:
-            status = RunStatus.CANCELLED
-            fields["cancel_reason"] = outcome.reason
-        await self.record.update(status=status, current_state={"step": status.value}, **fields)
-        self.handle.publish(outcome)
-        logger.info("run %s %s", self.handle.run_id, status.value, extra=self.log)
 
 
 def _cancel_if_accepted(submission: asyncio.Task[RunHandle]) -> None:
@@ -378,13 +336,15 @@ def _cancel_if_accepted(submission: asyncio.Task[RunHandle]) -> None:
         submission.result().cancel("the client went away before the run was accepted")
 
 
-def _server_duration(entry: HistoryEntry) -> float | None:
-    start, end = entry.message("execution_start"), entry.message("execution_success")
-    if start and end and isinstance(start.get("timestamp"), int) and isinstance(end.get("timestamp"), int):
-        return max(0.0, (int(end["timestamp"]) - int(start["timestamp"])) / 1000)
-    return None
+def _encode_token(key: tuple[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
 
 
-def _scrub(message: str) -> str:
-    """Remove the backend host's directories from an error message (ComfyUI includes absolute paths)."""
-    return _SERVER_PATH.sub(r"\1", message)
+def _decode_token(token: str) -> tuple[str, str] | None:
+    if not token:
+        return None
+    try:
+        created, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(created), str(run_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest("page_token is not one this service issued") from exc

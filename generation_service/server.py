@@ -14,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from generation_service.comfy import ComfyBackend
+from generation_service.follower import FollowPolicy
+from generation_service.run_record import RunOptions
 from generation_service.runner import Runner
 from generation_service.servicer import GenerationServicer
 from generation_service.settings import Settings
@@ -53,15 +55,31 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     """The whole service in the current event loop: backend client, runner and started gRPC server."""
     check_runs_dir(settings)
     backend = ComfyBackend(
-        settings.backend_url, backend_id=settings.swarm_backend_id, request_timeout_s=settings.request_timeout_seconds
+        settings.backend_url,
+        backend_id=settings.swarm_backend_id,
+        request_timeout_s=settings.request_timeout_seconds,
+        retries=settings.backend_retries,
     )
     await backend.start()
-    runner = Runner(
-        RunStore(settings.runs_dir),
-        backend,
+    policy = FollowPolicy(
         media_base_url=settings.media_base_url,
-        history_poll_s=settings.history_poll_seconds,
+        poll_s=settings.history_poll_seconds,
+        keepalive_s=settings.keepalive_seconds,
+        cancel_confirm_s=settings.cancel_confirm_seconds,
     )
+    defaults = RunOptions(
+        queue_timeout_s=settings.queue_timeout_seconds, execution_timeout_s=settings.execution_timeout_seconds
+    )
+    runner = Runner(
+        RunStore(settings.runs_dir), backend, policy, defaults=defaults, max_in_flight=settings.max_runs_in_flight
+    )
+    try:
+        resumed = await runner.recover()
+    except BaseException:
+        await backend.close()
+        raise
+    if resumed:
+        logger.info("resumed %d unfinished run(s) from run storage", resumed)
     server, port = await create_server(settings, runner)
     await server.start()
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,8 +20,17 @@ HELP = {
     "history_poll_seconds": "how often /history is polled for a run while the backend websocket is down",
     "request_timeout_seconds": "timeout of one backend HTTP request (for downloads: of each read)",
     "shutdown_grace_seconds": "on SIGTERM, how long running calls get to finish before they are cut off",
+    "queue_timeout_seconds": "default longest wait in the backend's queue before a run fails (per-request override)",
+    "execution_timeout_seconds": "default longest execution time before a run fails (per-request override)",
+    "keepalive_seconds": "while a run is queued, how often a 'queued' event with its position is sent",
+    "cancel_confirm_seconds": "how long a cancel waits for the backend to confirm before the run ends anyway",
+    "max_runs_in_flight": "runs accepted but not finished, at most; beyond it calls get RESOURCE_EXHAUSTED",
+    "backend_retries": "retries of a backend request that found no connection or a 5xx answer",
     "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
 }
+
+
+_CONVERTERS: dict[str, Callable[[str], object]] = {"float": float, "int": int, "Path": Path}
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,12 @@ class Settings:
     history_poll_seconds: float = 1.0
     request_timeout_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
+    queue_timeout_seconds: float = 3600.0
+    execution_timeout_seconds: float = 3600.0
+    keepalive_seconds: float = 10.0
+    cancel_confirm_seconds: float = 30.0
+    max_runs_in_flight: int = 1000
+    backend_retries: int = 3
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -47,9 +62,12 @@ class Settings:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ValueError(f"listen: must be HOST:PORT, got {self.listen!r}")
-        for name in ("history_poll_seconds", "request_timeout_seconds", "shutdown_grace_seconds"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be greater than 0, got {getattr(self, name)!r}")
+        for f in fields(self):
+            if f.name.endswith("_seconds") or f.name == "max_runs_in_flight":
+                if not getattr(self, f.name) > 0:
+                    raise ValueError(f"{f.name}: must be greater than 0, got {getattr(self, f.name)!r}")
+        if self.backend_retries < 0:
+            raise ValueError(f"backend_retries: must be 0 or more, got {self.backend_retries!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
@@ -75,9 +93,9 @@ class Settings:
             raw = getattr(ns, f.name)
             flag = f"--{f.name.replace('_', '-')} / {ENV_PREFIX}{f.name.upper()}"
             try:
-                values[f.name] = float(raw) if f.type == "float" else Path(raw) if f.type == "Path" else raw
+                values[f.name] = _CONVERTERS.get(str(f.type), str)(raw)
             except ValueError:
-                parser.error(f"{flag}: not a number: {raw!r}")
+                parser.error(f"{flag}: not a {f.type}: {raw!r}")
         try:
             return cls(**values)  # type: ignore[arg-type]
         except ValueError as exc:

@@ -96,7 +96,7 @@ async def test_image_run_streams_progress_and_serves_the_png(stack: Stack) -> No
     archived = json.loads((stack.runs_dir / events[0].run_id / "01_workflow.json").read_text())
     assert archived["3"]["inputs"]["filename_prefix"] == f"gensvc/{events[0].run_id}/3_image"
     on_disk = sorted(p.name for p in (stack.runs_dir / events[0].run_id).iterdir())
-    assert on_disk == ["01_workflow.json", "02_output_image.png", "metadata.json"]  # no temp file left behind
+    assert on_disk == ["01_workflow.json", "02_output_image.png", "events.jsonl", "metadata.json"]  # no temp file
     entity = metadata["entities"][1]["metadata"]
     assert entity["sha256"] == output.sha256 and entity["node_id"] == "3" and entity["mime"] == "image/png"
     assert entity["subfolder"] == f"gensvc/{events[0].run_id}"
@@ -332,8 +332,9 @@ async def test_run_completes_through_history_when_the_socket_drops(stack: Stack)
     await fetch_output(stack, output)
 
 
-async def test_run_fails_unavailable_when_history_keeps_failing_without_a_socket(stack: Stack) -> None:
-    stack.service.runner.poll_failures_tolerated = 3
+async def test_run_fails_unavailable_when_history_keeps_failing_without_a_socket(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(backend_retries=1)
+    stack.service.runner.policy.poll_failures_tolerated = 3
     graph = load("image.json")
     graph["2"]["inputs"].update(steps=10, seconds=0.5)
     stack.sim.faults.drop_socket_after_frames = 4

@@ -31,6 +31,8 @@ def test_flags_win_over_environment() -> None:
         (["--history-poll-seconds", "soon"], {}, "--history-poll-seconds / GENERATION_HISTORY_POLL_SECONDS"),
         (["--request-timeout-seconds", "0"], {}, "--request-timeout-seconds / GENERATION_REQUEST_TIMEOUT_SECONDS"),
         (["--log-level", "chatty"], {}, "--log-level / GENERATION_LOG_LEVEL"),
+        (["--max-runs-in-flight", "1.5"], {}, "--max-runs-in-flight / GENERATION_MAX_RUNS_IN_FLIGHT"),
+        (["--backend-retries", "-1"], {}, "--backend-retries / GENERATION_BACKEND_RETRIES"),
     ],
 )
 def test_invalid_values_stop_start_up_naming_the_setting(

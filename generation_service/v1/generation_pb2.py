@@ -26,45 +26,61 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&generation_service/v1/generation.proto\x12\x15generation_service.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x0fGenerateRequest\x12\x15\n\rworkflow_json\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x18\n\x10include_previews\x18\x03 \x01(\x08\"\x83\x05\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x08\x61\x63\x63\x65pted\x18\n \x01(\x0b\x32\x1f.generation_service.v1.AcceptedH\x00\x12/\n\x06queued\x18\x0b \x01(\x0b\x32\x1d.generation_service.v1.QueuedH\x00\x12\x31\n\x07started\x18\x0c \x01(\x0b\x32\x1e.generation_service.v1.StartedH\x00\x12:\n\x0cnode_started\x18\r \x01(\x0b\x32\".generation_service.v1.NodeStartedH\x00\x12<\n\rnode_progress\x18\x0e \x01(\x0b\x32#.generation_service.v1.NodeProgressH\x00\x12:\n\x0cnodes_cached\x18\x0f \x01(\x0b\x32\".generation_service.v1.NodesCachedH\x00\x12:\n\x0coutput_ready\x18\x10 \x01(\x0b\x32\".generation_service.v1.OutputReadyH\x00\x12\x35\n\tcompleted\x18\x11 \x01(\x0b\x32 .generation_service.v1.CompletedH\x00\x12/\n\x06\x66\x61iled\x18\x12 \x01(\x0b\x32\x1d.generation_service.v1.FailedH\x00\x12\x35\n\tcancelled\x18\x13 \x01(\x0b\x32 .generation_service.v1.CancelledH\x00\x42\x06\n\x04kind\"E\n\x08\x41\x63\x63\x65pted\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x15\n\rworkflow_name\x18\x03 \x01(\t\"\x1a\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\r\"8\n\x07Started\x12-\n\nqueue_wait\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x0bNodeStarted\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nclass_type\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\";\n\x0cNodeProgress\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04\x12\x0b\n\x03max\x18\x03 \x01(\x04\"\x1f\n\x0bNodesCached\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"\xaf\x01\n\x06Output\x12\x34\n\nmedia_type\x18\x01 \x01(\x0e\x32 .generation_service.v1.MediaType\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0c\n\x04mime\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x10\n\x08\x66ilename\x18\x08 \x01(\t\"<\n\x0bOutputReady\x12-\n\x06output\x18\x01 \x01(\x0b\x32\x1d.generation_service.v1.Output\"\x98\x01\n\tCompleted\x12.\n\x07outputs\x18\x01 \x03(\x0b\x32\x1d.generation_service.v1.Output\x12-\n\nqueue_wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\texecution\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"t\n\tNodeError\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nclass_type\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\t\x12\x12\n\ninput_name\x18\x06 \x01(\t\"\xbe\x01\n\x06\x46\x61iled\x12\x30\n\x04\x63ode\x18\x01 \x01(\x0e\x32\".generation_service.v1.FailureCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x11\n\tnode_type\x18\x04 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x05 \x01(\t\x12\x35\n\x0bnode_errors\x18\x06 \x03(\x0b\x32 .generation_service.v1.NodeError\"\x1b\n\tCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t*\x94\x01\n\tMediaType\x12\x1a\n\x16MEDIA_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_TYPE_IMAGE\x10\x01\x12\x14\n\x10MEDIA_TYPE_AUDIO\x10\x02\x12\x14\n\x10MEDIA_TYPE_VIDEO\x10\x03\x12\x14\n\x10MEDIA_TYPE_MODEL\x10\x04\x12\x13\n\x0fMEDIA_TYPE_FILE\x10\x05*\x93\x02\n\x0b\x46\x61ilureCode\x12\x1c\n\x18\x46\x41ILURE_CODE_UNSPECIFIED\x10\x00\x12!\n\x1d\x46\x41ILURE_CODE_INVALID_WORKFLOW\x10\x01\x12 \n\x1c\x46\x41ILURE_CODE_EXECUTION_ERROR\x10\x02\x12$\n FAILURE_CODE_BACKEND_UNAVAILABLE\x10\x03\x12\x1c\n\x18\x46\x41ILURE_CODE_PROMPT_LOST\x10\x04\x12\"\n\x1e\x46\x41ILURE_CODE_DEADLINE_EXCEEDED\x10\x05\x12\x1e\n\x1a\x46\x41ILURE_CODE_OUTPUT_FAILED\x10\x06\x12\x19\n\x15\x46\x41ILURE_CODE_INTERNAL\x10\x07\x32j\n\x11GenerationService\x12U\n\x08Generate\x12&.generation_service.v1.GenerateRequest\x1a\x1f.generation_service.v1.RunEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&generation_service/v1/generation.proto\x12\x15generation_service.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x02\n\x0fGenerateRequest\x12\x15\n\rworkflow_json\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x18\n\x10include_previews\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12>\n\ron_disconnect\x18\x05 \x01(\x0e\x32\'.generation_service.v1.DisconnectPolicy\x12\x30\n\rqueue_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11\x65xecution_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"l\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x08statuses\x18\x03 \x03(\x0e\x32 .generation_service.v1.RunStatus\"U\n\x10ListRunsResponse\x12(\n\x04runs\x18\x01 \x03(\x0b\x32\x1a.generation_service.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd7\x03\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .generation_service.v1.RunStatus\x12\x11\n\tprompt_id\x18\x03 \x01(\t\x12\x15\n\rworkflow_name\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12+\n\x07\x63reated\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x66inished\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07outputs\x18\x08 \x03(\x0b\x32\x1d.generation_service.v1.Output\x12-\n\nqueue_wait\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\texecution\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x07\x66\x61ilure\x18\x0b \x01(\x0b\x32\x1d.generation_service.v1.Failed\x12\x15\n\rcancel_reason\x18\x0c \x01(\t\x12\x10\n\x08last_seq\x18\r \x01(\x04\x12\x12\n\nrequest_id\x18\x0e \x01(\t\"\x83\x05\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x08\x61\x63\x63\x65pted\x18\n \x01(\x0b\x32\x1f.generation_service.v1.AcceptedH\x00\x12/\n\x06queued\x18\x0b \x01(\x0b\x32\x1d.generation_service.v1.QueuedH\x00\x12\x31\n\x07started\x18\x0c \x01(\x0b\x32\x1e.generation_service.v1.StartedH\x00\x12:\n\x0cnode_started\x18\r \x01(\x0b\x32\".generation_service.v1.NodeStartedH\x00\x12<\n\rnode_progress\x18\x0e \x01(\x0b\x32#.generation_service.v1.NodeProgressH\x00\x12:\n\x0cnodes_cached\x18\x0f \x01(\x0b\x32\".generation_service.v1.NodesCachedH\x00\x12:\n\x0coutput_ready\x18\x10 \x01(\x0b\x32\".generation_service.v1.OutputReadyH\x00\x12\x35\n\tcompleted\x18\x11 \x01(\x0b\x32 .generation_service.v1.CompletedH\x00\x12/\n\x06\x66\x61iled\x18\x12 \x01(\x0b\x32\x1d.generation_service.v1.FailedH\x00\x12\x35\n\tcancelled\x18\x13 \x01(\x0b\x32 .generation_service.v1.CancelledH\x00\x42\x06\n\x04kind\"E\n\x08\x41\x63\x63\x65pted\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x15\n\rworkflow_name\x18\x03 \x01(\t\"\x1a\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\r\"8\n\x07Started\x12-\n\nqueue_wait\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x0bNodeStarted\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nclass_type\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\";\n\x0cNodeProgress\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04\x12\x0b\n\x03max\x18\x03 \x01(\x04\"\x1f\n\x0bNodesCached\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"\xaf\x01\n\x06Output\x12\x34\n\nmedia_type\x18\x01 \x01(\x0e\x32 .generation_service.v1.MediaType\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0c\n\x04mime\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x10\n\x08\x66ilename\x18\x08 \x01(\t\"<\n\x0bOutputReady\x12-\n\x06output\x18\x01 \x01(\x0b\x32\x1d.generation_service.v1.Output\"\x98\x01\n\tCompleted\x12.\n\x07outputs\x18\x01 \x03(\x0b\x32\x1d.generation_service.v1.Output\x12-\n\nqueue_wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\texecution\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"t\n\tNodeError\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nclass_type\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\t\x12\x12\n\ninput_name\x18\x06 \x01(\t\"\xbe\x01\n\x06\x46\x61iled\x12\x30\n\x04\x63ode\x18\x01 \x01(\x0e\x32\".generation_service.v1.FailureCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x11\n\tnode_type\x18\x04 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x05 \x01(\t\x12\x35\n\x0bnode_errors\x18\x06 \x03(\x0b\x32 .generation_service.v1.NodeError\"\x1b\n\tCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t*q\n\x10\x44isconnectPolicy\x12!\n\x1d\x44ISCONNECT_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44ISCONNECT_POLICY_CANCEL\x10\x01\x12\x1c\n\x18\x44ISCONNECT_POLICY_DETACH\x10\x02*\xba\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13RUN_STATUS_ACCEPTED\x10\x01\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x02\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x03\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x04\x12\x15\n\x11RUN_STATUS_FAILED\x10\x05\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x06*\x94\x01\n\tMediaType\x12\x1a\n\x16MEDIA_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_TYPE_IMAGE\x10\x01\x12\x14\n\x10MEDIA_TYPE_AUDIO\x10\x02\x12\x14\n\x10MEDIA_TYPE_VIDEO\x10\x03\x12\x14\n\x10MEDIA_TYPE_MODEL\x10\x04\x12\x13\n\x0fMEDIA_TYPE_FILE\x10\x05*\x93\x02\n\x0b\x46\x61ilureCode\x12\x1c\n\x18\x46\x41ILURE_CODE_UNSPECIFIED\x10\x00\x12!\n\x1d\x46\x41ILURE_CODE_INVALID_WORKFLOW\x10\x01\x12 \n\x1c\x46\x41ILURE_CODE_EXECUTION_ERROR\x10\x02\x12$\n FAILURE_CODE_BACKEND_UNAVAILABLE\x10\x03\x12\x1c\n\x18\x46\x41ILURE_CODE_PROMPT_LOST\x10\x04\x12\"\n\x1e\x46\x41ILURE_CODE_DEADLINE_EXCEEDED\x10\x05\x12\x1e\n\x1a\x46\x41ILURE_CODE_OUTPUT_FAILED\x10\x06\x12\x19\n\x15\x46\x41ILURE_CODE_INTERNAL\x10\x07\x32\x8a\x04\n\x11GenerationService\x12U\n\x08Generate\x12&.generation_service.v1.GenerateRequest\x1a\x1f.generation_service.v1.RunEvent0\x01\x12L\n\x06Submit\x12&.generation_service.v1.GenerateRequest\x1a\x1a.generation_service.v1.Run\x12U\n\x08WatchRun\x12&.generation_service.v1.WatchRunRequest\x1a\x1f.generation_service.v1.RunEvent0\x01\x12J\n\x06GetRun\x12$.generation_service.v1.GetRunRequest\x1a\x1a.generation_service.v1.Run\x12[\n\x08ListRuns\x12&.generation_service.v1.ListRunsRequest\x1a\'.generation_service.v1.ListRunsResponse\x12P\n\tCancelRun\x12\'.generation_service.v1.CancelRunRequest\x1a\x1a.generation_service.v1.Runb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'generation_service.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEDIATYPE']._serialized_start=1921
-  _globals['_MEDIATYPE']._serialized_end=2069
-  _globals['_FAILURECODE']._serialized_start=2072
-  _globals['_FAILURECODE']._serialized_end=2347
-  _globals['_GENERATEREQUEST']._serialized_start=130
-  _globals['_GENERATEREQUEST']._serialized_end=219
-  _globals['_RUNEVENT']._serialized_start=222
-  _globals['_RUNEVENT']._serialized_end=865
-  _globals['_ACCEPTED']._serialized_start=867
-  _globals['_ACCEPTED']._serialized_end=936
-  _globals['_QUEUED']._serialized_start=938
-  _globals['_QUEUED']._serialized_end=964
-  _globals['_STARTED']._serialized_start=966
-  _globals['_STARTED']._serialized_end=1022
-  _globals['_NODESTARTED']._serialized_start=1024
-  _globals['_NODESTARTED']._serialized_end=1089
-  _globals['_NODEPROGRESS']._serialized_start=1091
-  _globals['_NODEPROGRESS']._serialized_end=1150
-  _globals['_NODESCACHED']._serialized_start=1152
-  _globals['_NODESCACHED']._serialized_end=1183
-  _globals['_OUTPUT']._serialized_start=1186
-  _globals['_OUTPUT']._serialized_end=1361
-  _globals['_OUTPUTREADY']._serialized_start=1363
-  _globals['_OUTPUTREADY']._serialized_end=1423
-  _globals['_COMPLETED']._serialized_start=1426
-  _globals['_COMPLETED']._serialized_end=1578
-  _globals['_NODEERROR']._serialized_start=1580
-  _globals['_NODEERROR']._serialized_end=1696
-  _globals['_FAILED']._serialized_start=1699
-  _globals['_FAILED']._serialized_end=1889
-  _globals['_CANCELLED']._serialized_start=1891
-  _globals['_CANCELLED']._serialized_end=1918
-  _globals['_GENERATIONSERVICE']._serialized_start=2349
-  _globals['_GENERATIONSERVICE']._serialized_end=2455
+  _globals['_DISCONNECTPOLICY']._serialized_start=2919
+  _globals['_DISCONNECTPOLICY']._serialized_end=3032
+  _globals['_RUNSTATUS']._serialized_start=3035
+  _globals['_RUNSTATUS']._serialized_end=3221
+  _globals['_MEDIATYPE']._serialized_start=3224
+  _globals['_MEDIATYPE']._serialized_end=3372
+  _globals['_FAILURECODE']._serialized_start=3375
+  _globals['_FAILURECODE']._serialized_end=3650
+  _globals['_GENERATEREQUEST']._serialized_start=131
+  _globals['_GENERATEREQUEST']._serialized_end=408
+  _globals['_WATCHRUNREQUEST']._serialized_start=410
+  _globals['_WATCHRUNREQUEST']._serialized_end=462
+  _globals['_GETRUNREQUEST']._serialized_start=464
+  _globals['_GETRUNREQUEST']._serialized_end=495
+  _globals['_CANCELRUNREQUEST']._serialized_start=497
+  _globals['_CANCELRUNREQUEST']._serialized_end=547
+  _globals['_LISTRUNSREQUEST']._serialized_start=549
+  _globals['_LISTRUNSREQUEST']._serialized_end=657
+  _globals['_LISTRUNSRESPONSE']._serialized_start=659
+  _globals['_LISTRUNSRESPONSE']._serialized_end=744
+  _globals['_RUN']._serialized_start=747
+  _globals['_RUN']._serialized_end=1218
+  _globals['_RUNEVENT']._serialized_start=1221
+  _globals['_RUNEVENT']._serialized_end=1864
+  _globals['_ACCEPTED']._serialized_start=1866
+  _globals['_ACCEPTED']._serialized_end=1935
+  _globals['_QUEUED']._serialized_start=1937
+  _globals['_QUEUED']._serialized_end=1963
+  _globals['_STARTED']._serialized_start=1965
+  _globals['_STARTED']._serialized_end=2021
+  _globals['_NODESTARTED']._serialized_start=2023
+  _globals['_NODESTARTED']._serialized_end=2088
+  _globals['_NODEPROGRESS']._serialized_start=2090
+  _globals['_NODEPROGRESS']._serialized_end=2149
+  _globals['_NODESCACHED']._serialized_start=2151
+  _globals['_NODESCACHED']._serialized_end=2182
+  _globals['_OUTPUT']._serialized_start=2185
+  _globals['_OUTPUT']._serialized_end=2360
+  _globals['_OUTPUTREADY']._serialized_start=2362
+  _globals['_OUTPUTREADY']._serialized_end=2422
+  _globals['_COMPLETED']._serialized_start=2425
+  _globals['_COMPLETED']._serialized_end=2577
+  _globals['_NODEERROR']._serialized_start=2579
+  _globals['_NODEERROR']._serialized_end=2695
+  _globals['_FAILED']._serialized_start=2698
+  _globals['_FAILED']._serialized_end=2888
+  _globals['_CANCELLED']._serialized_start=2890
+  _globals['_CANCELLED']._serialized_end=2917
+  _globals['_GENERATIONSERVICE']._serialized_start=3653
+  _globals['_GENERATIONSERVICE']._serialized_end=4175
 # @@protoc_insertion_point(module_scope)

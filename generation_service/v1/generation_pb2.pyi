@@ -5,8 +5,11 @@ The generation service: run ComfyUI workflows on SwarmUI / ComfyUI GPU servers a
 
 Error model, decided once for every RPC:
  * A request that is wrong before anything runs ends the RPC with a gRPC status and no run events:
-   INVALID_ARGUMENT (malformed workflow, or the backend's validation rejected it: the message names
-   every node and input at fault), UNAVAILABLE (the backend cannot be reached; retry later),
+   INVALID_ARGUMENT (malformed request or workflow, or the backend's validation rejected it: the
+   message names every node and input at fault, and a google.rpc.BadRequest detail lists them),
+   NOT_FOUND (unknown run id), FAILED_PRECONDITION (a request_id reused for a different request),
+   RESOURCE_EXHAUSTED (too many runs in flight: a google.rpc.RetryInfo detail says when to retry),
+   UNAVAILABLE (the backend cannot be reached after bounded retries; retry later),
    INTERNAL (a bug: logged with its traceback).
  * Once a run has been accepted (the `accepted` event was sent), every outcome is reported in-band:
    the stream ends with exactly one terminal event (`completed`, `failed` or `cancelled`) and then
@@ -31,6 +34,62 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DisconnectPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DisconnectPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DisconnectPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISCONNECT_POLICY_UNSPECIFIED: _DisconnectPolicy.ValueType  # 0
+    """The default: cancel the run."""
+    DISCONNECT_POLICY_CANCEL: _DisconnectPolicy.ValueType  # 1
+    """Cancel the run (same as unspecified)."""
+    DISCONNECT_POLICY_DETACH: _DisconnectPolicy.ValueType  # 2
+    """Let the run finish; its outputs are stored and it can be watched with WatchRun."""
+
+class DisconnectPolicy(_DisconnectPolicy, metaclass=_DisconnectPolicyEnumTypeWrapper):
+    """What happens to a run when the Generate call that started it is cancelled or disconnects."""
+
+DISCONNECT_POLICY_UNSPECIFIED: DisconnectPolicy.ValueType  # 0
+"""The default: cancel the run."""
+DISCONNECT_POLICY_CANCEL: DisconnectPolicy.ValueType  # 1
+"""Cancel the run (same as unspecified)."""
+DISCONNECT_POLICY_DETACH: DisconnectPolicy.ValueType  # 2
+"""Let the run finish; its outputs are stored and it can be watched with WatchRun."""
+Global___DisconnectPolicy: _TypeAlias = DisconnectPolicy  # noqa: Y015
+
+class _RunStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_STATUS_UNSPECIFIED: _RunStatus.ValueType  # 0
+    RUN_STATUS_ACCEPTED: _RunStatus.ValueType  # 1
+    """Recorded and being submitted to the backend."""
+    RUN_STATUS_QUEUED: _RunStatus.ValueType  # 2
+    """Waiting in the backend's queue."""
+    RUN_STATUS_RUNNING: _RunStatus.ValueType  # 3
+    """Executing on the backend, or its outputs are being stored."""
+    RUN_STATUS_COMPLETED: _RunStatus.ValueType  # 4
+    RUN_STATUS_FAILED: _RunStatus.ValueType  # 5
+    RUN_STATUS_CANCELLED: _RunStatus.ValueType  # 6
+
+class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
+    """A run's lifecycle state."""
+
+RUN_STATUS_UNSPECIFIED: RunStatus.ValueType  # 0
+RUN_STATUS_ACCEPTED: RunStatus.ValueType  # 1
+"""Recorded and being submitted to the backend."""
+RUN_STATUS_QUEUED: RunStatus.ValueType  # 2
+"""Waiting in the backend's queue."""
+RUN_STATUS_RUNNING: RunStatus.ValueType  # 3
+"""Executing on the backend, or its outputs are being stored."""
+RUN_STATUS_COMPLETED: RunStatus.ValueType  # 4
+RUN_STATUS_FAILED: RunStatus.ValueType  # 5
+RUN_STATUS_CANCELLED: RunStatus.ValueType  # 6
+Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 class _MediaType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -111,6 +170,10 @@ class GenerateRequest(_message.Message):
     WORKFLOW_JSON_FIELD_NUMBER: _builtins.int
     WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
     INCLUDE_PREVIEWS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    EXECUTION_TIMEOUT_FIELD_NUMBER: _builtins.int
     workflow_json: _builtins.str
     """A ComfyUI workflow in API format (ComfyUI's "Save (API)"), as JSON text: an object mapping each
     node id to {"class_type": str, "inputs": {...}, "_meta": {"title": str}?}. Every save node's
@@ -122,20 +185,248 @@ class GenerateRequest(_message.Message):
     """Also store temporary preview outputs (PreviewImage, PreviewAudio: files of type "temp").
     Default false: only saved outputs become run outputs.
     """
+    request_id: _builtins.str
+    """Optional client-chosen id (at most 128 printable ASCII characters) that makes retries safe: a
+    request with an id the service has seen returns that run instead of starting a second one.
+    Reusing an id for a different request is FAILED_PRECONDITION.
+    """
+    on_disconnect: Global___DisconnectPolicy.ValueType
+    """What a cancelled Generate call does to its run. Ignored by Submit."""
+    @_builtins.property
+    def queue_timeout(self) -> _duration_pb2.Duration:
+        """Longest time the run may wait in the backend's queue; unset: the service default (generous,
+        since real GPU queues and model cold starts take minutes). On expiry the backend job is cancelled
+        and the run ends `failed` with FAILURE_CODE_DEADLINE_EXCEEDED.
+        """
+
+    @_builtins.property
+    def execution_timeout(self) -> _duration_pb2.Duration:
+        """Longest time the run may execute once started; unset: the service default. Same expiry rule."""
+
     def __init__(
         self,
         *,
         workflow_json: _builtins.str = ...,
         workflow_name: _builtins.str = ...,
         include_previews: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+        on_disconnect: Global___DisconnectPolicy.ValueType = ...,
+        queue_timeout: _duration_pb2.Duration | None = ...,
+        execution_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "queue_timeout", b"queue_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_previews", b"include_previews", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "include_previews", b"include_previews", "on_disconnect", b"on_disconnect", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class WatchRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run to watch."""
+    after_seq: _builtins.int
+    """Send only events with seq greater than this (0: every event from `accepted`)."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
+
+@_typing.final
+class GetRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
+
+@_typing.final
+class CancelRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    reason: _builtins.str
+    """Why, recorded in the `cancelled` event; default "cancelled by CancelRun"."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunRequest: _TypeAlias = CancelRunRequest  # noqa: Y015
+
+@_typing.final
+class ListRunsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Runs per page, 1 to 1000; 0 means 50."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___RunStatus.ValueType]:
+        """Only runs in one of these statuses; empty: every status."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        statuses: _abc.Iterable[Global___RunStatus.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListRunsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass to the next ListRuns call; empty on the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___Run] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
+
+@_typing.final
+class Run(_message.Message):
+    """A run as recorded in run storage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PROMPT_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    QUEUE_WAIT_FIELD_NUMBER: _builtins.int
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    status: Global___RunStatus.ValueType
+    prompt_id: _builtins.str
+    """The backend's prompt id."""
+    workflow_name: _builtins.str
+    """The workflow name from the request."""
+    backend: _builtins.str
+    """The backend's base URL (without credentials)."""
+    cancel_reason: _builtins.str
+    """Why it was cancelled; set only when status is CANCELLED."""
+    last_seq: _builtins.int
+    """The seq of the run's latest event (WatchRun with this after_seq waits for the next one)."""
+    request_id: _builtins.str
+    """The request_id it was submitted with, if any."""
+    @_builtins.property
+    def created(self) -> _timestamp_pb2.Timestamp:
+        """When the run was accepted."""
+
+    @_builtins.property
+    def finished(self) -> _timestamp_pb2.Timestamp:
+        """When it ended; unset while it is not finished."""
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Output]:
+        """The outputs stored so far (all of them once completed)."""
+
+    @_builtins.property
+    def queue_wait(self) -> _duration_pb2.Duration:
+        """Time from acceptance until execution started; set once known."""
+
+    @_builtins.property
+    def execution(self) -> _duration_pb2.Duration:
+        """Execution time on the backend; set once completed."""
+
+    @_builtins.property
+    def failure(self) -> Global___Failed:
+        """Why it failed; set only when status is FAILED."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        status: Global___RunStatus.ValueType = ...,
+        prompt_id: _builtins.str = ...,
+        workflow_name: _builtins.str = ...,
+        backend: _builtins.str = ...,
+        created: _timestamp_pb2.Timestamp | None = ...,
+        finished: _timestamp_pb2.Timestamp | None = ...,
+        outputs: _abc.Iterable[Global___Output] | None = ...,
+        queue_wait: _duration_pb2.Duration | None = ...,
+        execution: _duration_pb2.Duration | None = ...,
+        failure: Global___Failed | None = ...,
+        cancel_reason: _builtins.str = ...,
+        last_seq: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "execution", b"execution", "failure", b"failure", "finished", b"finished", "queue_wait", b"queue_wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cancel_reason", b"cancel_reason", "created", b"created", "execution", b"execution", "failure", b"failure", "finished", b"finished", "last_seq", b"last_seq", "outputs", b"outputs", "prompt_id", b"prompt_id", "queue_wait", b"queue_wait", "request_id", b"request_id", "run_id", b"run_id", "status", b"status", "workflow_name", b"workflow_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Run: _TypeAlias = Run  # noqa: Y015
 
 @_typing.final
 class RunEvent(_message.Message):

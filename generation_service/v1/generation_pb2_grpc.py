@@ -40,6 +40,31 @@ class GenerationServiceStub:
                 request_serializer=generation__service_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=generation__service_dot_v1_dot_generation__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.Submit = channel.unary_unary(
+                '/generation_service.v1.GenerationService/Submit',
+                request_serializer=generation__service_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+                _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/generation_service.v1.GenerationService/WatchRun',
+                request_serializer=generation__service_dot_v1_dot_generation__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=generation__service_dot_v1_dot_generation__pb2.RunEvent.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/generation_service.v1.GenerationService/GetRun',
+                request_serializer=generation__service_dot_v1_dot_generation__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/generation_service.v1.GenerationService/ListRuns',
+                request_serializer=generation__service_dot_v1_dot_generation__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=generation__service_dot_v1_dot_generation__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/generation_service.v1.GenerationService/CancelRun',
+                request_serializer=generation__service_dot_v1_dot_generation__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -48,8 +73,48 @@ class GenerationServiceServicer:
 
     def Generate(self, request, context):
         """Submits a workflow and streams the run's events, from `accepted` to one terminal event.
-        Cancelling the call cancels the run: a pending prompt is removed from the backend's queue and a
-        running one is interrupted; the run is recorded as cancelled in run storage.
+        Cancelling the call cancels the run (unless `on_disconnect` is DETACH): a pending prompt is
+        removed from the backend's queue and a running one is interrupted; the run ends `cancelled`.
+        With a `request_id` already seen, streams the existing run's events from the start instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Submit(self, request, context):
+        """Submits a workflow and returns the accepted run at once; follow it with WatchRun.
+        With a `request_id` already seen, returns the existing run instead of starting another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRun(self, request, context):
+        """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
+        until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
+        it saw misses nothing. Cancelling a watch never cancels the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """The run's current state: status, outputs, timings, failure.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """Runs, newest first, optionally only those with the given statuses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
+        Returns once the run has ended (the backend confirmed, or the confirmation timed out).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,6 +127,31 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=generation__service_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
                     response_serializer=generation__service_dot_v1_dot_generation__pb2.RunEvent.SerializeToString,
+            ),
+            'Submit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Submit,
+                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
+                    response_serializer=generation__service_dot_v1_dot_generation__pb2.Run.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.WatchRunRequest.FromString,
+                    response_serializer=generation__service_dot_v1_dot_generation__pb2.RunEvent.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.GetRunRequest.FromString,
+                    response_serializer=generation__service_dot_v1_dot_generation__pb2.Run.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.ListRunsRequest.FromString,
+                    response_serializer=generation__service_dot_v1_dot_generation__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.CancelRunRequest.FromString,
+                    response_serializer=generation__service_dot_v1_dot_generation__pb2.Run.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +182,141 @@ class GenerationService:
             '/generation_service.v1.GenerationService/Generate',
             generation__service_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
             generation__service_dot_v1_dot_generation__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Submit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/generation_service.v1.GenerationService/Submit',
+            generation__service_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
+            generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/generation_service.v1.GenerationService/WatchRun',
+            generation__service_dot_v1_dot_generation__pb2.WatchRunRequest.SerializeToString,
+            generation__service_dot_v1_dot_generation__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/generation_service.v1.GenerationService/GetRun',
+            generation__service_dot_v1_dot_generation__pb2.GetRunRequest.SerializeToString,
+            generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/generation_service.v1.GenerationService/ListRuns',
+            generation__service_dot_v1_dot_generation__pb2.ListRunsRequest.SerializeToString,
+            generation__service_dot_v1_dot_generation__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/generation_service.v1.GenerationService/CancelRun',
+            generation__service_dot_v1_dot_generation__pb2.CancelRunRequest.SerializeToString,
+            generation__service_dot_v1_dot_generation__pb2.Run.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,8 +5,11 @@ The generation service: run ComfyUI workflows on SwarmUI / ComfyUI GPU servers a
 
 Error model, decided once for every RPC:
  * A request that is wrong before anything runs ends the RPC with a gRPC status and no run events:
-   INVALID_ARGUMENT (malformed workflow, or the backend's validation rejected it: the message names
-   every node and input at fault), UNAVAILABLE (the backend cannot be reached; retry later),
+   INVALID_ARGUMENT (malformed request or workflow, or the backend's validation rejected it: the
+   message names every node and input at fault, and a google.rpc.BadRequest detail lists them),
+   NOT_FOUND (unknown run id), FAILED_PRECONDITION (a request_id reused for a different request),
+   RESOURCE_EXHAUSTED (too many runs in flight: a google.rpc.RetryInfo detail says when to retry),
+   UNAVAILABLE (the backend cannot be reached after bounded retries; retry later),
    INTERNAL (a bug: logged with its traceback).
  * Once a run has been accepted (the `accepted` event was sent), every outcome is reported in-band:
    the stream ends with exactly one terminal event (`completed`, `failed` or `cancelled`) and then
@@ -46,8 +49,26 @@ class GenerationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GenerationServiceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.RunEvent]
     """Submits a workflow and streams the run's events, from `accepted` to one terminal event.
-    Cancelling the call cancels the run: a pending prompt is removed from the backend's queue and a
-    running one is interrupted; the run is recorded as cancelled in run storage.
+    Cancelling the call cancels the run (unless `on_disconnect` is DETACH): a pending prompt is
+    removed from the backend's queue and a running one is interrupted; the run ends `cancelled`.
+    With a `request_id` already seen, streams the existing run's events from the start instead.
+    """
+    Submit: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.Run]
+    """Submits a workflow and returns the accepted run at once; follow it with WatchRun.
+    With a `request_id` already seen, returns the existing run instead of starting another.
+    """
+    WatchRun: _grpc.UnaryStreamMultiCallable[_generation_pb2.WatchRunRequest, _generation_pb2.RunEvent]
+    """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
+    until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
+    it saw misses nothing. Cancelling a watch never cancels the run.
+    """
+    GetRun: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GetRunRequest, _generation_pb2.Run]
+    """The run's current state: status, outputs, timings, failure."""
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_generation_pb2.ListRunsRequest, _generation_pb2.ListRunsResponse]
+    """Runs, newest first, optionally only those with the given statuses."""
+    CancelRun: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CancelRunRequest, _generation_pb2.Run]
+    """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
+    Returns once the run has ended (the backend confirmed, or the confirmation timed out).
     """
 
 @_typing.type_check_only
@@ -57,8 +78,26 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.RunEvent]  # type: ignore[assignment]
     """Submits a workflow and streams the run's events, from `accepted` to one terminal event.
-    Cancelling the call cancels the run: a pending prompt is removed from the backend's queue and a
-    running one is interrupted; the run is recorded as cancelled in run storage.
+    Cancelling the call cancels the run (unless `on_disconnect` is DETACH): a pending prompt is
+    removed from the backend's queue and a running one is interrupted; the run ends `cancelled`.
+    With a `request_id` already seen, streams the existing run's events from the start instead.
+    """
+    Submit: _aio.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.Run]  # type: ignore[assignment]
+    """Submits a workflow and returns the accepted run at once; follow it with WatchRun.
+    With a `request_id` already seen, returns the existing run instead of starting another.
+    """
+    WatchRun: _aio.UnaryStreamMultiCallable[_generation_pb2.WatchRunRequest, _generation_pb2.RunEvent]  # type: ignore[assignment]
+    """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
+    until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
+    it saw misses nothing. Cancelling a watch never cancels the run.
+    """
+    GetRun: _aio.UnaryUnaryMultiCallable[_generation_pb2.GetRunRequest, _generation_pb2.Run]  # type: ignore[assignment]
+    """The run's current state: status, outputs, timings, failure."""
+    ListRuns: _aio.UnaryUnaryMultiCallable[_generation_pb2.ListRunsRequest, _generation_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """Runs, newest first, optionally only those with the given statuses."""
+    CancelRun: _aio.UnaryUnaryMultiCallable[_generation_pb2.CancelRunRequest, _generation_pb2.Run]  # type: ignore[assignment]
+    """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
+    Returns once the run has ended (the backend confirmed, or the confirmation timed out).
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -71,8 +110,56 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_generation_pb2.RunEvent], _abc.AsyncIterator[_generation_pb2.RunEvent]]:
         """Submits a workflow and streams the run's events, from `accepted` to one terminal event.
-        Cancelling the call cancels the run: a pending prompt is removed from the backend's queue and a
-        running one is interrupted; the run is recorded as cancelled in run storage.
+        Cancelling the call cancels the run (unless `on_disconnect` is DETACH): a pending prompt is
+        removed from the backend's queue and a running one is interrupted; the run ends `cancelled`.
+        With a `request_id` already seen, streams the existing run's events from the start instead.
+        """
+
+    @_abc_1.abstractmethod
+    def Submit(
+        self,
+        request: _generation_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.Run, _abc.Awaitable[_generation_pb2.Run]]:
+        """Submits a workflow and returns the accepted run at once; follow it with WatchRun.
+        With a `request_id` already seen, returns the existing run instead of starting another.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _generation_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_generation_pb2.RunEvent], _abc.AsyncIterator[_generation_pb2.RunEvent]]:
+        """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
+        until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
+        it saw misses nothing. Cancelling a watch never cancels the run.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRun(
+        self,
+        request: _generation_pb2.GetRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.Run, _abc.Awaitable[_generation_pb2.Run]]:
+        """The run's current state: status, outputs, timings, failure."""
+
+    @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _generation_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.ListRunsResponse, _abc.Awaitable[_generation_pb2.ListRunsResponse]]:
+        """Runs, newest first, optionally only those with the given statuses."""
+
+    @_abc_1.abstractmethod
+    def CancelRun(
+        self,
+        request: _generation_pb2.CancelRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.Run, _abc.Awaitable[_generation_pb2.Run]]:
+        """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
+        Returns once the run has ended (the backend confirmed, or the confirmation timed out).
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,158 @@
+"""Domain values to and from protobuf: the only place that knows both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from generation_service import events as ev
+from generation_service.errors import InvalidRequest
+from generation_service.run_record import RunSummary
+from generation_service.runner import RunSpec
+from generation_service.v1 import generation_pb2 as pb
+from runstore import MediaKind, RunStatus
+
+_MEDIA_TYPES = {
+    MediaKind.IMAGE: pb.MEDIA_TYPE_IMAGE,
+    MediaKind.AUDIO: pb.MEDIA_TYPE_AUDIO,
+    MediaKind.VIDEO: pb.MEDIA_TYPE_VIDEO,
+    MediaKind.MODEL: pb.MEDIA_TYPE_MODEL,
+    MediaKind.FILE: pb.MEDIA_TYPE_FILE,
+}
+_FAILURE_CODES = {code: pb.FailureCode.Value(f"FAILURE_CODE_{code.name}") for code in ev.FailureCode}
+_RUN_STATUSES = {status: pb.RunStatus.Value(f"RUN_STATUS_{status.name}") for status in RunStatus}
+_STATUS_FROM_PROTO = {value: status for status, value in _RUN_STATUSES.items()}
+
+
+def output_to_proto(out: ev.StoredOutput) -> pb.Output:
+    return pb.Output(
+        media_type=_MEDIA_TYPES[out.kind],
+        index=out.index,
+        url=out.url,
+        mime=out.mime,
+        size_bytes=out.size_bytes,
+        sha256=out.sha256,
+        node_id=out.node_id,
+        filename=out.filename,
+    )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+def _failed(body: ev.Failed) -> pb.Failed:
+    return pb.Failed(
+        code=_FAILURE_CODES[body.code],
+        message=body.message,
+        node_id=body.node_id,
+        node_type=body.node_type,
+        exception_type=body.exception_type,
+        node_errors=[
+            pb.NodeError(
+                node_id=p.node_id,
+                class_type=p.class_type,
+                type=p.type,
+                message=p.message,
+                details=p.details,
+                input_name=p.input_name,
+            )
+            for p in body.node_errors
+        ],
+    )
+
+
+# Domain event class → (RunEvent oneof field, converter).
+_CONVERTERS: dict[type, tuple[str, Callable[[Any], Message]]] = {
+    ev.Accepted: (
+        "accepted",
+        lambda b: pb.Accepted(prompt_id=b.prompt_id, backend=b.backend, workflow_name=b.workflow_name),
+    ),
+    ev.Queued: ("queued", lambda b: pb.Queued(position=b.position)),
+    ev.Started: ("started", lambda b: pb.Started(queue_wait=_duration(b.queue_wait_s))),
+    ev.NodeStarted: (
+        "node_started",
+        lambda b: pb.NodeStarted(node_id=b.node_id, class_type=b.class_type, title=b.title),
+    ),
+    ev.NodeProgress: ("node_progress", lambda b: pb.NodeProgress(node_id=b.node_id, value=b.value, max=b.max)),
+    ev.NodesCached: ("nodes_cached", lambda b: pb.NodesCached(node_ids=b.node_ids)),
+    ev.OutputReady: ("output_ready", lambda b: pb.OutputReady(output=output_to_proto(b.output))),
+    ev.Completed: (
+        "completed",
+        lambda b: pb.Completed(
+            outputs=[output_to_proto(o) for o in b.outputs],
+            queue_wait=_duration(b.queue_wait_s),
+            execution=_duration(b.execution_s),
+        ),
+    ),
+    ev.Failed: ("failed", _failed),
+    ev.Cancelled: ("cancelled", lambda b: pb.Cancelled(reason=b.reason)),
+}
+
+
+def to_proto(event: ev.RunEvent) -> pb.RunEvent:
+    msg = pb.RunEvent(run_id=event.run_id, seq=event.seq)
+    msg.time.FromDatetime(event.time)
+    field, convert = _CONVERTERS[type(event.body)]
+    getattr(msg, field).CopyFrom(convert(event.body))
+    return msg
+
+
+def _timestamp(iso: str) -> timestamp_pb2.Timestamp:
+    value = timestamp_pb2.Timestamp()
+    value.FromDatetime(datetime.fromisoformat(iso.replace("Z", "+00:00")))
+    return value
+
+
+def run_to_proto(run: RunSummary) -> pb.Run:
+    msg = pb.Run(
+        run_id=run.run_id,
+        status=_RUN_STATUSES[run.status],
+        prompt_id=run.prompt_id,
+        workflow_name=run.workflow_name,
+        backend=run.backend,
+        created=_timestamp(run.created),
+        outputs=[output_to_proto(o) for o in run.outputs],
+        cancel_reason=run.cancel_reason,
+        last_seq=run.last_seq,
+        request_id=run.request_id,
+    )
+    if run.finished:
+        msg.finished.CopyFrom(_timestamp(run.finished))
+    if run.queue_wait_s is not None:
+        msg.queue_wait.CopyFrom(_duration(run.queue_wait_s))
+    if run.execution_s is not None:
+        msg.execution.CopyFrom(_duration(run.execution_s))
+    if run.failure is not None:
+        msg.failure.CopyFrom(_failed(run.failure))
+    return msg
+
+
+def statuses_from_proto(values: Any) -> frozenset[RunStatus]:
+    try:
+        return frozenset(_STATUS_FROM_PROTO[v] for v in values)
+    except KeyError as exc:
+        raise InvalidRequest(f"statuses: unknown run status {exc.args[0]}") from exc
+
+
+def spec_from_proto(request: pb.GenerateRequest) -> RunSpec:
+    timeouts = {}
+    for field in ("queue_timeout", "execution_timeout"):
+        if request.HasField(field):
+            seconds = getattr(request, field).ToTimedelta().total_seconds()
+            if seconds <= 0:
+                raise InvalidRequest(f"{field} must be positive, got {seconds:g} s")
+            timeouts[f"{field}_s"] = seconds
+    return RunSpec(
+        workflow_json=request.workflow_json,
+        workflow_name=request.workflow_name,
+        include_previews=request.include_previews,
+        request_id=request.request_id,
+        **timeouts,
+    )

@@ -1,0 +1,85 @@
+"""The live event log of one run: numbered, persisted before it is shown, readable by any number of
+watchers, each from any point."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from generation_service import events as ev
+from generation_service.journal import Journal
+
+
+class CancelRequest:
+    """Put in a run's inbox to ask its follower to cancel it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class RunHandle:
+    """Events of a run in memory and in its journal; ``inbox`` feeds the run's follower."""
+
+    def __init__(
+        self, run_id: str, inbox: asyncio.Queue[Any], journal: Journal | None, past: Sequence[ev.RunEvent] = ()
+    ) -> None:
+        self.run_id = run_id
+        self.inbox = inbox
+        self._journal = journal
+        self._events: list[ev.RunEvent] = list(past)
+        self._wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def replay(cls, run_id: str, past: Sequence[ev.RunEvent]) -> RunHandle:
+        """A read-only handle over the persisted events of a run that is not live."""
+        return cls(run_id, asyncio.Queue(), None, past)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._events) and self._events[-1].is_terminal
+
+    @property
+    def last_seq(self) -> int:
+        return len(self._events)
+
+    @property
+    def history(self) -> Sequence[ev.RunEvent]:
+        return self._events
+
+    def publish(self, body: ev.EventBody) -> ev.RunEvent:
+        if self.finished or self._journal is None:
+            raise RuntimeError(f"run {self.run_id} is not live; cannot publish {type(body).__name__}")
+        event = ev.RunEvent(self.run_id, len(self._events) + 1, datetime.now(UTC), body)
+        self._journal.append(event)
+        self._events.append(event)
+        if event.is_terminal:
+            self._journal.close()
+        wakeup, self._wakeup = self._wakeup, asyncio.Event()
+        wakeup.set()
+        return event
+
+    async def events(self, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
+        """Every event after ``after_seq``, then live ones, until the terminal event."""
+        index = max(0, after_seq)
+        while True:
+            while index < len(self._events):
+                event = self._events[index]
+                index += 1
+                yield event
+                if event.is_terminal:
+                    return
+            if self.finished or self._journal is None:
+                return  # nothing more will come: ended, or a replay of a run that is not live
+            await self._wakeup.wait()
+
+    def cancel(self, reason: str) -> None:
+        """Ask the run to stop; it ends ``cancelled`` unless it ends otherwise first."""
+        if not self.finished:
+            self.inbox.put_nowait(CancelRequest(reason))
+
+    async def wait_finished(self) -> None:
+        if self.task is not None:
+            await asyncio.shield(self.task)
