@@ -80,6 +80,11 @@ class RunHandle:
         if not self.finished:
             self.inbox.put_nowait(CancelRequest(reason))
 
+    def close(self) -> None:
+        """Stop writing the journal (the service is stopping; the run will be resumed later)."""
+        if self._journal is not None:
+            self._journal.close()
+
     async def wait_finished(self) -> None:
         if self.task is not None:
             await asyncio.shield(self.task)

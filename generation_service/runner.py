@@ -325,10 +325,13 @@ class Runner:
 
     async def close(self) -> None:
         """Stop following (runs stay unfinished in storage and are resumed by the next start)."""
-        tasks = [h.task for h in self.runs.values() if h.task is not None]
+        handles = list(self.runs.values())
+        tasks = [h.task for h in handles if h.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for handle in handles:
+            handle.close()
 
 
 def _cancel_if_accepted(submission: asyncio.Task[RunHandle]) -> None:
