@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 
-import uvicorn
-
-from media_gateway.app import create_app
-from media_gateway.serve import uvicorn_config
-from media_gateway.settings import LOG_LEVELS, Settings, SettingsError, env_name, flag_name
+from media_gateway.app import check_runs_dir
+from media_gateway.serve import serve_forever
+from media_gateway.settings import LOG_LEVELS, SERVERS, Settings, SettingsError, env_name, flag_name
 
 _HELP = {
     "runs_dir": "run storage root, one <run_id>/ folder per run (default: ./exports/json)",
     "listen": "HOST:PORT to bind, [::1]:PORT for IPv6 (default: 127.0.0.1:8080)",
     "log_level": f"one of {', '.join(LOG_LEVELS)} (default: info)",
     "cors_origins": "comma-separated browser origins allowed by CORS, or * (default: none, CORS off)",
+    "server": f"ASGI server, one of {', '.join(SERVERS)} (default: granian)",
+    "accel_redirect": "front-server mode: nginx internal location aliasing the runs dir, e.g. /_runs/; "
+    "media bodies are then sent by nginx via X-Accel-Redirect (default: empty, off)",
+}
+_METAVARS = {
+    "runs_dir": "DIR",
+    "listen": "HOST:PORT",
+    "log_level": "LEVEL",
+    "cors_origins": "ORIGINS",
+    "server": "NAME",
+    "accel_redirect": "PATH",
 }
 
 
@@ -29,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Every flag can also be set with the environment variable shown; a flag wins over its variable.",
     )
     for name, text in _HELP.items():
-        metavar = {"runs_dir": "DIR", "listen": "HOST:PORT", "log_level": "LEVEL", "cors_origins": "ORIGINS"}[name]
-        parser.add_argument(flag_name(name), dest=name, metavar=metavar, help=f"{text} [env: {env_name(name)}]")
+        parser.add_argument(flag_name(name), dest=name, metavar=_METAVARS[name], help=f"{text} [env: {env_name(name)}]")
     return parser
 
 
@@ -55,11 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        app = create_app(settings)
+        check_runs_dir(settings.runs_dir)
+        asyncio.run(serve_forever(settings))
     except RuntimeError as exc:
         logging.getLogger("media_gateway").error("%s", exc)
         return 1
-    uvicorn.Server(uvicorn_config(app, settings)).run()  # one INFO access line per request comes from uvicorn
     return 0
 
 

@@ -12,11 +12,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from media_gateway.catalog import OutputNotFound, RunCatalog
-from media_gateway.responses import MediaFileResponse, json_error
+from media_gateway.player import render_run_page
+from media_gateway.responses import MediaResponse, json_error
 from media_gateway.settings import Settings
 from runstore import InvalidRunId, MediaKind, RunStore, parse_run_id
 
@@ -32,7 +33,8 @@ URL_KINDS: dict[str, MediaKind] = {
     "model": MediaKind.MODEL,
 }
 _INDEX_RE = re.compile(r"[0-9]{1,9}")
-EXPOSED_HEADERS = ["Content-Range", "Accept-Ranges", "Content-Length", "ETag"]
+EXPOSED_HEADERS = ["Content-Range", "Accept-Ranges", "Content-Length", "ETag", "Last-Modified", "Content-Disposition"]
+_YES = ("1", "true", "yes")
 
 
 def _kind(text: str) -> MediaKind:
@@ -60,8 +62,9 @@ def _index(text: str | None) -> int | None:
 class _Endpoints:
     """Request handlers; every filesystem call goes through the catalog on a worker thread."""
 
-    def __init__(self, catalog: RunCatalog) -> None:
+    def __init__(self, catalog: RunCatalog, accel_redirect: str) -> None:
         self.catalog = catalog
+        self.accel_prefix = accel_redirect or None
 
     async def media(self, request: Request) -> Response:
         kind = _kind(request.path_params["kind"])
@@ -71,7 +74,8 @@ class _Endpoints:
             output = await anyio.to_thread.run_sync(self.catalog.find_output, run_id, kind, index)
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
-        return MediaFileResponse(output)
+        attachment = request.query_params.get("download", "").lower() in _YES
+        return MediaResponse(output, attachment=attachment, accel_prefix=self.accel_prefix)
 
     async def not_found(self, request: Request) -> Response:
         if request.path_params["kind"] != "info":
@@ -86,6 +90,19 @@ class _Endpoints:
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         return JSONResponse(document, headers={"Cache-Control": "no-cache"})  # status changes while it runs
+
+    async def run_page(self, request: Request) -> Response:
+        run_id = _run_id(request)
+        try:
+            document, metadata = await anyio.to_thread.run_sync(
+                lambda: (self.catalog.describe(run_id), self.catalog.require(run_id))
+            )
+        except OutputNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        error = metadata.get("error")
+        message = str(error.get("message")) if isinstance(error, dict) and error.get("message") else None
+        page = render_run_page(document, error=message)
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
@@ -112,9 +129,10 @@ def check_runs_dir(runs_dir: os.PathLike[str] | str) -> None:
 def create_app(settings: Settings) -> Starlette:
     """The gateway app for ``settings``; raises RuntimeError at once when the runs dir is unusable."""
     check_runs_dir(settings.runs_dir)
-    endpoints = _Endpoints(RunCatalog(RunStore(settings.runs_dir)))
+    endpoints = _Endpoints(RunCatalog(RunStore(settings.runs_dir)), settings.accel_redirect)
     routes = [
         Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/runs/{run_id}", endpoints.run_page, methods=["GET"]),
         Route("/api/media/info/{run_id}", endpoints.info, methods=["GET"]),
         Route("/api/media/{kind}/{run_id}", endpoints.media, methods=["GET"]),  # GET implies HEAD
         Route("/api/media/{kind}/{run_id}/{index}", endpoints.media, methods=["GET"]),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from media_gateway.probe import probe
 from runstore import (
     UNKNOWN_FORMAT,
     MediaFormat,
@@ -90,6 +91,7 @@ class RunCatalog:
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()  # lookups run on several worker threads at once
         self.loads = 0  # how many times a record was read and parsed (for tests and debugging)
+        self._facts: OrderedDict[tuple[Path, _StatKey], dict[str, Any]] = OrderedDict()
 
     def metadata(self, run_id: str) -> dict[str, Any] | None:
         """The run's record (shared, do not mutate), or None when the run does not exist or is unreadable."""
@@ -177,7 +179,8 @@ class RunCatalog:
                 continue
             index = counters.get(kind, 0)
             counters[kind] = index + 1
-            if self.store.entity_path(run_id, entity) is None:
+            path = self.store.entity_path(run_id, entity)
+            if path is None:
                 continue  # not servable (missing or tampered): keep the index count, do not advertise it
             meta = entity.get("metadata")
             meta = meta if isinstance(meta, dict) else {}
@@ -193,6 +196,23 @@ class RunCatalog:
                     "sha256": meta.get("sha256"),
                     "node_id": meta.get("node_id"),
                     "filename": filename,
+                    **self.facts(path),
                 }
             )
         return {"run_id": run_id, "status": metadata.get("status"), "outputs": outputs}
+
+    def facts(self, path: Path) -> dict[str, Any]:
+        """``probe(path)``, cached until the file changes (outputs never do, so this reads each file once)."""
+        try:
+            key = (path, _stat_key(os.stat(path)))
+        except FileNotFoundError:
+            return {}
+        with self._lock:
+            cached = self._facts.get(key)
+        if cached is None:
+            cached = probe(path)
+            with self._lock:
+                self._facts[key] = cached
+                while len(self._facts) > 8 * self.max_cached:
+                    self._facts.popitem(last=False)
+        return cached

@@ -1,17 +1,33 @@
-"""Run the gateway under uvicorn inside the current event loop (for ``__main__``, tests and the demo)."""
+"""Run the gateway inside the current event loop, under uvicorn or granian (for ``__main__``, tests and the demo).
+
+Granian is the production default: it offers ASGI's ``http.response.pathsend``, so a full GET of a file
+is sent by its Rust side and never read through Python (README, "Media gateway performance", has the
+figures). Both servers run in this process, on a socket bound before the server starts, so port 0
+works and the real port is known as soon as the context is entered.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
+from granian._granian import ListenerSpec
+from granian.constants import Interfaces
+from granian.log import LogLevels
+from granian.server.embed import Server as EmbeddedGranian
 from starlette.applications import Starlette
 
 from media_gateway.app import create_app
 from media_gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,7 +53,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
 
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
-    """Serve ``create_app(settings)`` until the block exits, then shut down gracefully.
+    """Serve ``create_app(settings)`` under uvicorn until the block exits, then shut down gracefully.
 
     Unlike ``uvicorn.Server.serve`` this installs no signal handlers, so it can live inside a test or a
     larger program. Raises RuntimeError when the runs dir is unusable or the address cannot be bound.
@@ -62,3 +78,78 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             await ticker
         server.should_exit = True
         await server.shutdown()
+
+
+class _Granian(EmbeddedGranian):
+    """Granian's embedded server with its listening socket built up front, in this process.
+
+    Granian normally lets each worker bind its own SO_REUSEPORT socket, which hides the port chosen for
+    port 0 and leaves no moment at which the socket is known to listen. Built here (granian's own code
+    path on other platforms), the socket listens before any worker starts and its port can be read.
+    """
+
+    def _init_shared_socket(self) -> None:
+        holder = ListenerSpec(self.bind_addr, self.bind_port, self.backlog).build()
+        self._listen_fd = int(holder.get_fd())
+        # The attributes granian's workers read (declared None in granian's own annotations).
+        self._shd, self._sfd, self._ssp = holder, self._listen_fd, None  # type: ignore[assignment]
+
+    def bound_port(self) -> int:
+        with socket.socket(fileno=os.dup(self._listen_fd)) as sock:
+            return int(sock.getsockname()[1])
+
+
+def _granian_logging(settings: Settings) -> dict[str, Any]:
+    # Granian's loggers propagate to the root logger that ``__main__`` (or pytest) configured; granian
+    # otherwise installs its own stdout handlers.
+    return {
+        "handlers": {},
+        "loggers": {"_granian": {"handlers": [], "propagate": True}, "granian.access": {"handlers": []}},
+    }
+
+
+@contextlib.asynccontextmanager
+async def running_granian(settings: Settings) -> AsyncIterator[RunningGateway]:
+    """Serve ``create_app(settings)`` under granian (one worker, in this event loop) until the block exits."""
+    app = create_app(settings)
+    server = _Granian(
+        app,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGINL,  # the app has no lifespan work
+        log_level=LogLevels(settings.log_level),
+        log_dictconfig=_granian_logging(settings),
+        websockets=False,
+    )
+    listening = asyncio.Event()
+    server.on_startup(listening.set)  # called right after the socket is bound, before the worker starts
+    serving = asyncio.create_task(server.serve(), name="media-gateway-granian")
+    waiter = asyncio.create_task(listening.wait())
+    await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if not listening.is_set():
+        waiter.cancel()
+        try:
+            serving.result()
+        except Exception as exc:  # granian raises its own errors (OSError subclasses in Rust) on bind failures
+            raise RuntimeError(f"media gateway could not listen on {settings.listen}: {exc}") from exc
+        raise RuntimeError(f"media gateway could not listen on {settings.listen}")
+    try:
+        yield RunningGateway(app, settings.host, server.bound_port())
+    finally:
+        server.stop()  # type: ignore[no-untyped-call]
+        await serving
+
+
+async def serve_forever(settings: Settings) -> None:
+    """``python -m media_gateway``: serve under ``settings.server`` until SIGINT or SIGTERM."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = running_granian if settings.server == "granian" else running_gateway
+    async with runner(settings) as gateway:
+        logger.info("media gateway (%s) listening on %s", settings.server, gateway.base_url)
+        await stop.wait()
+        logger.info("media gateway stopping")

@@ -10,7 +10,9 @@ from pathlib import Path
 
 ENV_PREFIX = "MEDIA_GATEWAY_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+SERVERS = ("granian", "uvicorn")
 _ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
+_ACCEL_RE = re.compile(r"^/[A-Za-z0-9_./-]*/$")
 
 
 class SettingsError(ValueError):
@@ -43,6 +45,11 @@ class Settings:
     """One of critical, error, warning, info, debug."""
     cors_origins: tuple[str, ...] = field(default=())
     """Origins allowed to fetch media from a browser (``*`` for any); empty disables CORS."""
+    server: str = "granian"
+    """The ASGI server ``python -m media_gateway`` runs: granian (default, measured fastest) or uvicorn."""
+    accel_redirect: str = ""
+    """Front-server mode: the internal nginx location (``/_runs/``) under which run folders are aliased.
+    When set, media bodies are handed to nginx with ``X-Accel-Redirect``; empty serves them directly."""
 
     def __post_init__(self) -> None:
         if not str(self.runs_dir):
@@ -53,6 +60,10 @@ class Settings:
         for origin in self.cors_origins:
             if origin != "*" and not _ORIGIN_RE.fullmatch(origin):
                 raise _fail("cors_origins", f"{origin!r} is not '*' or an origin like https://example.com")
+        if self.server not in SERVERS:
+            raise _fail("server", f"{self.server!r} is not one of {', '.join(SERVERS)}")
+        if self.accel_redirect and (not _ACCEL_RE.fullmatch(self.accel_redirect) or ".." in self.accel_redirect):
+            raise _fail("accel_redirect", f"{self.accel_redirect!r} is not a location path like /_runs/")
 
     @property
     def host(self) -> str:
@@ -70,13 +81,17 @@ class Settings:
             value = environ.get(env_name(name), "").strip()
             return value or None
 
-        runs_dir, listen, log_level, cors = (get(n) for n in ("runs_dir", "listen", "log_level", "cors_origins"))
+        runs_dir, listen, log_level, cors, server, accel = (
+            get(n) for n in ("runs_dir", "listen", "log_level", "cors_origins", "server", "accel_redirect")
+        )
         default = cls()
         return cls(
             runs_dir=Path(runs_dir) if runs_dir is not None else default.runs_dir,
             listen=listen if listen is not None else default.listen,
             log_level=log_level.lower() if log_level is not None else default.log_level,
             cors_origins=parse_origins(cors) if cors is not None else default.cors_origins,
+            server=server.lower() if server is not None else default.server,
+            accel_redirect=accel if accel is not None else default.accel_redirect,
         )
 
 

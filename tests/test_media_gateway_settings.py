@@ -18,6 +18,8 @@ def test_defaults_are_safe_for_local_development():
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
     assert settings.log_level == "info"
     assert settings.cors_origins == ()
+    assert settings.server == "granian"
+    assert settings.accel_redirect == ""
 
 
 def test_from_env_reads_every_setting():
@@ -27,6 +29,8 @@ def test_from_env_reads_every_setting():
             "MEDIA_GATEWAY_LISTEN": "[::1]:0",
             "MEDIA_GATEWAY_LOG_LEVEL": "DEBUG",
             "MEDIA_GATEWAY_CORS_ORIGINS": "https://a.example, http://localhost:5173,,",
+            "MEDIA_GATEWAY_SERVER": "UVICORN",
+            "MEDIA_GATEWAY_ACCEL_REDIRECT": "/_runs/",
             "UNRELATED": "x",
         }
     )
@@ -35,6 +39,7 @@ def test_from_env_reads_every_setting():
     assert (settings.host, settings.port) == ("::1", 0)
     assert settings.log_level == "debug"
     assert settings.cors_origins == ("https://a.example", "http://localhost:5173")
+    assert (settings.server, settings.accel_redirect) == ("uvicorn", "/_runs/")
 
 
 @pytest.mark.parametrize(
@@ -47,6 +52,11 @@ def test_from_env_reads_every_setting():
         ("MEDIA_GATEWAY_LOG_LEVEL", "loud"),
         ("MEDIA_GATEWAY_CORS_ORIGINS", "https://a.example/path"),
         ("MEDIA_GATEWAY_CORS_ORIGINS", "a.example"),
+        ("MEDIA_GATEWAY_SERVER", "hypercorn"),
+        ("MEDIA_GATEWAY_ACCEL_REDIRECT", "_runs/"),
+        ("MEDIA_GATEWAY_ACCEL_REDIRECT", "/_runs"),
+        ("MEDIA_GATEWAY_ACCEL_REDIRECT", "/../etc/"),
+        ("MEDIA_GATEWAY_ACCEL_REDIRECT", "/a b/"),
     ],
 )
 def test_invalid_values_name_the_variable_and_the_flag(variable, value):
@@ -81,6 +91,8 @@ def test_help_documents_every_setting_and_its_variable():
         ("--listen", "MEDIA_GATEWAY_LISTEN"),
         ("--log-level", "MEDIA_GATEWAY_LOG_LEVEL"),
         ("--cors-origins", "MEDIA_GATEWAY_CORS_ORIGINS"),
+        ("--server", "MEDIA_GATEWAY_SERVER"),
+        ("--accel-redirect", "MEDIA_GATEWAY_ACCEL_REDIRECT"),
     ]:
         assert flag in text and variable in text.replace("\n", "").replace(" ", "")
 

@@ -1,0 +1,299 @@
+"""Playback in a real browser: Debian's headless Chromium, driven over the DevTools protocol, opens the run page.
+
+A run made through the generation service (image, MP3, H.264/AAC MP4) is opened at the gateway's
+``/runs/<run_id>``; then the same media is played from a page on another origin against a gateway with
+CORS configured. Nothing is downloaded: the browser is the ``chromium`` package (.ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from generation_service.v1 import generation_pb2 as pb
+from media_gateway.player import render_run_page
+from media_gateway.serve import running_gateway
+from media_gateway.settings import Settings
+from stack_helpers import Stack
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",  # without these Chromium dials out and the closed network refuses it
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    "--remote-debugging-port=0",
+]
+
+# One run with all three kinds: a 160x120 orange image, 2 s of MP3, a 2 s H.264/AAC MP4 of orange frames.
+ALL_KINDS_WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 160, "height": 120, "batch_size": 1, "color": 0xFF8000}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "page/image"}},
+    "3": {"class_type": "EmptyAudio", "inputs": {"duration": 2.0, "sample_rate": 44100, "channels": 2}},
+    "4": {
+        "class_type": "SaveAudioMP3",
+        "inputs": {"audio": ["3", 0], "filename_prefix": "page/audio", "quality": "128k"},
+    },
+    "5": {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 96, "batch_size": 24, "color": 0xFF8000}},
+    "6": {"class_type": "CreateVideo", "inputs": {"images": ["5", 0], "fps": 12.0, "audio": ["3", 0]}},
+    "7": {
+        "class_type": "SaveVideo",
+        "inputs": {"video": ["6", 0], "filename_prefix": "page/video", "format": "auto", "codec": "auto"},
+    },
+}
+
+# Runs in the page: waits on media events (never on timers) and reports what the elements reached.
+PLAYBACK_CHECK = r"""
+(async () => {
+  const settle = (el, events, done) => new Promise((resolve, reject) => {
+    const check = () => { if (done()) { resolve(); } };
+    for (const name of events) el.addEventListener(name, check);
+    el.addEventListener('error', () => reject(new Error(el.tagName + ' error ' + (el.error && el.error.message))));
+    check();
+  });
+  const pixel = (source, width, height) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = width; canvas.height = height;
+    const context = canvas.getContext('2d');
+    context.drawImage(source, 0, 0, width, height);
+    return Array.from(context.getImageData(width >> 1, height >> 1, 1, 1).data.slice(0, 3));  // throws if tainted
+  };
+  const result = {};
+  const audio = document.querySelector('section[data-type="audio"] audio');
+  audio.preload = 'auto';
+  audio.load();
+  await settle(audio, ['loadedmetadata', 'progress', 'canplay', 'canplaythrough'], () => audio.readyState >= 4);
+  result.audio = {readyState: audio.readyState, duration: audio.duration,
+                  seekableEnd: audio.seekable.length ? audio.seekable.end(0) : 0};
+  const seeked = new Promise(resolve => audio.addEventListener('seeked', resolve, {once: true}));
+  audio.currentTime = audio.duration / 2;
+  await seeked;
+  result.audio.afterSeek = audio.currentTime;
+
+  const video = document.querySelector('section[data-type="video"] video');
+  video.preload = 'auto';
+  video.load();
+  await settle(video, ['loadeddata', 'canplay', 'canplaythrough'], () => video.readyState >= 2);
+  const videoSeeked = new Promise(resolve => video.addEventListener('seeked', resolve, {once: true}));
+  video.currentTime = video.duration / 2;
+  await videoSeeked;
+  await settle(video, ['canplay', 'loadeddata', 'seeked'], () => video.readyState >= 2);
+  result.video = {videoWidth: video.videoWidth, videoHeight: video.videoHeight, duration: video.duration,
+                  afterSeek: video.currentTime, pixel: pixel(video, video.videoWidth, video.videoHeight)};
+
+  const img = document.querySelector('section[data-type="image"] img');
+  await img.decode();
+  result.image = {naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight,
+                  pixel: pixel(img, img.naturalWidth, img.naturalHeight)};
+
+  const ranged = await fetch(audio.currentSrc, {headers: {Range: 'bytes=0-99'}});
+  result.fetch = {status: ranged.status, contentRange: ranged.headers.get('Content-Range'),
+                  etag: ranged.headers.get('ETag'), length: (await ranged.arrayBuffer()).byteLength};
+  return result;
+})()
+"""
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over one browser websocket (flattened sessions)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.next_id = 0
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.event_arrived = asyncio.Condition()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            data = json.loads(message.data)
+            if "id" in data:
+                future = self.pending.pop(data["id"])
+                if "error" in data:
+                    future.set_exception(RuntimeError(f"DevTools error: {data['error']}"))
+                else:
+                    future.set_result(data.get("result", {}))
+            else:
+                async with self.event_arrived:
+                    self.events.append(data)
+                    self.event_arrived.notify_all()
+
+    async def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = future
+        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        await self.ws.send_str(json.dumps(message))
+        return await future
+
+    async def wait_event(self, method: str, session: str, after: int) -> dict[str, Any]:
+        """The first ``method`` event of ``session`` among events numbered ``after`` and later."""
+        async with self.event_arrived:
+            while True:
+                for event in self.events[after:]:
+                    if event.get("method") == method and event.get("sessionId") == session:
+                        return event
+                await self.event_arrived.wait()
+
+    async def open_page(self, url: str) -> str:
+        """A new tab with Network and Page events on, navigated to ``url`` and loaded; returns its session."""
+        target = await self.call("Target.createTarget", url="about:blank")
+        session = (await self.call("Target.attachToTarget", targetId=target["targetId"], flatten=True))["sessionId"]
+        await self.call("Network.enable", session)
+        await self.call("Page.enable", session)
+        mark = len(self.events)
+        await self.call("Page.navigate", session, url=url)
+        await self.wait_event("Page.loadEventFired", session, mark)
+        return str(session)
+
+    async def evaluate(self, session: str, expression: str) -> Any:
+        reply = await self.call(
+            "Runtime.evaluate", session, expression=expression, awaitPromise=True, returnByValue=True
+        )
+        if "exceptionDetails" in reply:
+            raise AssertionError(f"page script failed: {reply['exceptionDetails']}")
+        return reply["result"]["value"]
+
+    def responses(self, session: str) -> list[dict[str, Any]]:
+        return [
+            e["params"]["response"]
+            for e in self.events
+            if e.get("method") == "Network.responseReceived" and e.get("sessionId") == session
+        ]
+
+
+@pytest.fixture
+async def devtools(tmp_path: Path) -> AsyncIterator[DevTools]:
+    binary = shutil.which("chromium")
+    assert binary is not None, "Debian's chromium package is required (.ci/run installs it)"
+    profile = tmp_path / "chromium-profile"
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while True:  # Chromium prints the browser websocket URL once it listens
+                line = (await proc.stderr.readline()).decode(errors="replace")
+                seen.append(line)
+                if not line:
+                    raise AssertionError("chromium exited before DevTools listened:\n" + "".join(seen))
+                found = re.search(r"DevTools listening on (ws://\S+)", line)
+                if found:
+                    break
+        drain = asyncio.create_task(proc.stderr.read())  # keep the pipe from filling up
+        async with aiohttp.ClientSession() as http, http.ws_connect(found.group(1), max_msg_size=0) as ws:
+            client = DevTools(ws)
+            try:
+                yield client
+            finally:
+                client.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await client.reader
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+        if "drain" in locals():
+            await drain
+
+
+async def make_run(stack: Stack) -> str:
+    request = pb.GenerateRequest(workflow_json=json.dumps(ALL_KINDS_WORKFLOW), workflow_name="browser check")
+    events = [event async for event in stack.stub.Generate(request)]
+    assert events[-1].HasField("completed"), events[-1]
+    assert len(events[-1].completed.outputs) == 3
+    return events[0].run_id
+
+
+def assert_played(result: dict[str, Any], info: dict[str, Any]) -> None:
+    by_type = {o["type"]: o for o in info["outputs"]}
+    audio, video, image = result["audio"], result["video"], result["image"]
+    assert audio["readyState"] == 4  # HAVE_ENOUGH_DATA
+    assert audio["duration"] == pytest.approx(by_type["audio"]["duration_seconds"], abs=0.1)
+    assert audio["seekableEnd"] == pytest.approx(audio["duration"], abs=0.1)  # seekable end to end: Range works
+    assert audio["afterSeek"] == pytest.approx(audio["duration"] / 2, abs=0.1)
+    assert (video["videoWidth"], video["videoHeight"]) == (by_type["video"]["width"], by_type["video"]["height"])
+    assert video["afterSeek"] == pytest.approx(video["duration"] / 2, abs=0.2)
+    red, green, blue = video["pixel"]  # a decoded orange frame (H.264 4:2:0 shifts it a little)
+    assert red > 200 and 90 < green < 170 and blue < 70, video["pixel"]
+    assert (image["naturalWidth"], image["naturalHeight"]) == (160, 120)
+    assert image["pixel"] == [255, 128, 0]
+    assert result["fetch"]["status"] == 206 and result["fetch"]["length"] == 100
+    assert result["fetch"]["contentRange"].startswith("bytes 0-99/")
+    assert result["fetch"]["etag"]
+
+
+def assert_ranges_used(responses: list[dict[str, Any]], run_id: str) -> None:
+    media = [r for r in responses if f"/{run_id}/" in r["url"] and "/api/media/" in r["url"]]
+    for kind in ("audio", "video"):
+        statuses = {r["status"] for r in media if f"/api/media/{kind}/" in r["url"]}
+        assert 206 in statuses, (kind, statuses)
+
+
+async def test_run_page_plays_and_seeks_every_output(stack: Stack, devtools: DevTools):
+    run_id = await make_run(stack)
+    info = (await stack.http.get(f"/api/media/info/{run_id}")).json()
+
+    session = await devtools.open_page(f"{stack.gateway.base_url}/runs/{run_id}")
+    status = await devtools.evaluate(session, "document.getElementById('status').textContent")
+    result = await devtools.evaluate(session, PLAYBACK_CHECK)
+
+    assert status == "completed"
+    assert_played(result, info)
+    assert_ranges_used(devtools.responses(session), run_id)
+
+
+async def test_playback_from_another_origin_with_cors(stack: Stack, devtools: DevTools):
+    run_id = await make_run(stack)
+    info = (await stack.http.get(f"/api/media/info/{run_id}")).json()
+    pages: dict[str, str] = {}
+
+    async def serve_page(request: web.Request) -> web.Response:
+        return web.Response(text=pages["player"], content_type="text/html")
+
+    front_end = web.Application()
+    front_end.router.add_get("/player", serve_page)
+    runner = web.AppRunner(front_end)
+    await runner.setup()
+    listener = socket.create_server(("127.0.0.1", 0))
+    origin = f"http://127.0.0.1:{listener.getsockname()[1]}"  # another port: another origin
+    await web.SockSite(runner, listener).start()
+    settings = Settings(runs_dir=stack.runs_dir, listen="127.0.0.1:0", cors_origins=(origin,))
+    try:
+        async with running_gateway(settings) as gateway:
+            pages["player"] = render_run_page(info, media_base=gateway.base_url)  # media on the gateway's origin
+            session = await devtools.open_page(f"{origin}/player")
+            result = await devtools.evaluate(session, PLAYBACK_CHECK)
+            responses = devtools.responses(session)
+    finally:
+        await runner.cleanup()
+
+    assert_played(result, info)  # canvas reads and the fetch's exposed headers only work with CORS
+    assert_ranges_used(responses, run_id)
+    media = [r for r in responses if r["url"].startswith(gateway.base_url)]
+    assert media and all(r["headers"].get("access-control-allow-origin") == origin for r in media)

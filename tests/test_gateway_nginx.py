@@ -1,0 +1,188 @@
+"""Front-server mode: Debian's nginx, run with the shipped deploy/nginx/media-gateway.conf, in front of the gateway."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway_helpers import mp4_bytes, png_bytes, write_run
+from media_gateway.http_semantics import Validators
+from media_gateway.serve import running_gateway
+from media_gateway.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "deploy" / "nginx" / "media-gateway.conf"
+ORIGIN = "https://app.example"
+
+
+@dataclass
+class Front:
+    nginx: httpx.AsyncClient
+    gateway: httpx.AsyncClient
+    runs_dir: Path
+    run_id: str
+
+
+def _site_config(gateway_port: int, nginx_port: int, runs_dir: Path) -> str:
+    """The shipped server block with only the deployment-specific values replaced (each exactly once)."""
+    text = SHIPPED.read_text()
+    for pattern, value in [
+        (r"server 127\.0\.0\.1:8081;", f"server 127.0.0.1:{gateway_port};"),
+        (r"listen 8080;", f"listen 127.0.0.1:{nginx_port};"),
+        (r"alias /srv/runs/;", f"alias {runs_dir}/;"),
+    ]:
+        text, count = re.subn(pattern, value, text)
+        assert count == 1, pattern
+    return text
+
+
+def _main_config(tmp: Path, site: Path) -> str:
+    temp_paths = "".join(
+        f"{name}_temp_path {tmp}/{name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read the test's private tmp folder
+    return (
+        f"{user}daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log stderr warn;\n"
+        "events { worker_connections 64; }\n"
+        f"http {{\naccess_log off;\n{temp_paths}include {site};\n}}\n"
+    )
+
+
+@pytest.fixture
+async def front(tmp_path: Path) -> AsyncIterator[Front]:
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    run_id = write_run(runs_dir, [(mp4_bytes(), "v.mp4"), (png_bytes(), "a.png")])
+    settings = Settings(runs_dir=runs_dir, listen="127.0.0.1:0", accel_redirect="/_runs/", cors_origins=(ORIGIN,))
+    # nginx takes over a socket that already listens (its NGINX variable, meant for binary upgrades), so
+    # port 0 works and connections made before it accepts simply wait in the backlog.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    nginx_port = listener.getsockname()[1]
+    async with running_gateway(settings) as gateway:
+        site = tmp_path / "site.conf"
+        site.write_text(_site_config(gateway.port, nginx_port, runs_dir))
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(_main_config(tmp_path, site))
+        fd = listener.fileno()
+        proc = subprocess.Popen(
+            ["nginx", "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)],
+            pass_fds=[fd],
+            env={**os.environ, "NGINX": f"{fd};"},
+            stderr=subprocess.PIPE,
+        )
+        listener.close()
+        try:
+            async with (
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{nginx_port}") as via_nginx,
+                httpx.AsyncClient(base_url=gateway.base_url) as direct,
+            ):
+                yield Front(via_nginx, direct, runs_dir, run_id)
+        finally:
+            proc.send_signal(signal.SIGQUIT)  # graceful stop
+            _, stderr = proc.communicate(timeout=20)
+    assert b"[emerg]" not in stderr and b"[alert]" not in stderr, stderr.decode()
+
+
+def _video(front: Front) -> tuple[str, bytes, os.stat_result]:
+    path = front.runs_dir / front.run_id / "02_output_video.mp4"
+    return f"/api/media/video/{front.run_id}", path.read_bytes(), path.stat()
+
+
+async def test_gateway_hands_the_body_to_nginx(front: Front):
+    url, _, _ = _video(front)
+
+    direct = await front.gateway.get(url)
+
+    assert direct.status_code == 200
+    assert direct.content == b""
+    assert direct.headers["x-accel-redirect"] == f"/_runs/{front.run_id}/02_output_video.mp4"
+
+
+async def test_full_get_through_nginx_has_the_gateway_headers(front: Front):
+    url, content, stat = _video(front)
+
+    response = await front.nginx.get(url, headers={"Origin": ORIGIN})
+
+    assert response.status_code == 200
+    assert response.content == content
+    assert response.headers["server"].startswith("nginx")
+    assert response.headers["content-type"] == "video/mp4"
+    assert response.headers["content-length"] == str(len(content))
+    assert response.headers["accept-ranges"] == "bytes"
+    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-disposition"] == f'inline; filename="{front.run_id}_0.mp4"'
+    assert response.headers["etag"] == Validators.of(stat).etag  # nginx's ETag = the gateway's
+    assert response.headers["last-modified"] == Validators.of(stat).last_modified
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert "content-range" in response.headers["access-control-expose-headers"].lower()
+    assert "x-accel-redirect" not in response.headers
+
+
+async def test_ranges_through_nginx(front: Front):
+    url, content, _ = _video(front)
+    size = len(content)
+
+    single = await front.nginx.get(url, headers={"Range": "bytes=100-199"})
+    suffix = await front.nginx.get(url, headers={"Range": "bytes=-10"})
+    multi = await front.nginx.get(url, headers={"Range": "bytes=0-9,500-509"})
+    head = await front.nginx.head(url, headers={"Range": "bytes=0-"})
+    stale = await front.nginx.get(url, headers={"Range": "bytes=0-9", "If-Range": '"old"'})
+
+    assert (single.status_code, single.content) == (206, content[100:200])
+    assert single.headers["content-range"] == f"bytes 100-199/{size}"
+    assert (suffix.status_code, suffix.content) == (206, content[-10:])
+    assert multi.status_code == 206 and multi.headers["content-type"].startswith("multipart/byteranges")
+    assert content[500:510] in multi.content and f"bytes 500-509/{size}".encode() in multi.content
+    assert (head.status_code, head.content, head.headers["content-range"]) == (206, b"", f"bytes 0-{size - 1}/{size}")
+    assert (stale.status_code, stale.content) == (200, content)
+
+
+async def test_unsatisfiable_and_conditional_are_answered_by_the_gateway(front: Front):
+    url, content, stat = _video(front)
+    validators = Validators.of(stat)
+
+    unsatisfiable = await front.nginx.get(url, headers={"Range": f"bytes={len(content)}-"})
+    by_etag = await front.nginx.get(url, headers={"If-None-Match": validators.etag})
+    by_date = await front.nginx.get(url, headers={"If-Modified-Since": validators.last_modified})
+
+    assert unsatisfiable.status_code == 416
+    assert unsatisfiable.json() == {"error": "range not satisfiable"}
+    assert unsatisfiable.headers["content-range"] == f"bytes */{len(content)}"
+    for response in (by_etag, by_date):
+        assert response.status_code == 304 and response.content == b""
+        assert response.headers["etag"] == validators.etag
+
+
+async def test_internal_location_is_not_reachable_from_outside(front: Front):
+    response = await front.nginx.get(f"/_runs/{front.run_id}/02_output_video.mp4")
+
+    assert response.status_code == 404
+    assert not response.content.startswith(b"\x00\x00\x00")
+
+
+async def test_image_info_and_page_pass_through(front: Front):
+    image = await front.nginx.get(f"/api/media/image/{front.run_id}?download=1")
+    info = await front.nginx.get(f"/api/media/info/{front.run_id}")
+    page = await front.nginx.get(f"/runs/{front.run_id}")
+    unknown = await front.nginx.get("/api/media/image/not-a-run")
+
+    assert image.content == png_bytes() and image.headers["content-type"] == "image/png"
+    assert image.headers["content-disposition"] == f'attachment; filename="{front.run_id}_0.png"'
+    assert {o["sha256"] for o in info.json()["outputs"]} == {
+        hashlib.sha256(b).hexdigest() for b in (png_bytes(), mp4_bytes())
+    }
+    assert page.status_code == 200 and "<video" in page.text
+    assert unknown.status_code == 400 and unknown.headers["content-type"] == "application/json"
