@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra ImageBlur time per megapixel [COMFY_SIMULATOR_BLUR_SECONDS_PER_MEGAPIXEL]",
     )
     parser.add_argument(
+        "--model-step-seconds",
+        type=float,
+        default=float(env.get(ENV + "MODEL_STEP_SECONDS", "0.05")),
+        help="time of one simulated sampling step (KSampler) [COMFY_SIMULATOR_MODEL_STEP_SECONDS]",
+    )
+    parser.add_argument(
         "--log-level", default=env.get(ENV + "LOG_LEVEL", "INFO"), help="logging level [COMFY_SIMULATOR_LOG_LEVEL]"
     )
     return parser.parse_args(argv)
@@ -59,6 +65,7 @@ async def serve(args: argparse.Namespace) -> None:
         port=int(port),
         backend_ids=tuple(int(x) for x in args.backend_ids.split(",") if x.strip()),
         blur_seconds_per_megapixel=args.blur_seconds_per_megapixel,
+        model_step_seconds=args.model_step_seconds,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -81,6 +81,19 @@ def decode_audio(path: str) -> tuple[FloatArray, int]:
     return np.concatenate(parts, axis=1), rate
 
 
+def decode_video(path: str) -> tuple[FloatArray, float]:
+    """LoadVideo's frames: [frames, H, W, 3] floats and the frame rate."""
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("No video stream found in the file.")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or 24)
+        frames = [f.to_ndarray(format="rgb24").astype(np.float32) / 255.0 for f in container.decode(stream)]
+    if not frames:
+        raise ValueError("No video frames decoded.")
+    return np.stack(frames), rate
+
+
 def _layout(channels: int) -> str:
     return "mono" if channels == 1 else "stereo"
 

@@ -44,6 +44,11 @@ class Folders:
         self.output = os.path.abspath(settings.output_dir)
         self.temp = os.path.abspath(settings.temp_dir)
         self.input = os.path.abspath(settings.input_dir)
+        self.models = settings.model_files
+
+    def model_files(self, folder: str) -> list[str]:
+        """The files of one ``models/<folder>`` (what model loaders list in object_info)."""
+        return sorted(self.models.get(folder, ()))
 
     def by_type(self, kind: str | None) -> str | None:
         return {"output": self.output, "temp": self.temp, "input": self.input}.get(kind or "")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 RECORDED_ARGV = (
     "main.py",
@@ -14,6 +16,29 @@ RECORDED_ARGV = (
     "8188",
     "--disable-auto-launch",
     "--disable-api-nodes",
+)
+
+
+# The model files the simulated loaders list (ComfyUI's ``models/<folder>``): the ones the shipped model
+# templates name. No weights exist; the names only make the loaders' combo validation behave like ComfyUI.
+DEFAULT_MODEL_FILES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "checkpoints": (
+            "ace_step_v1_3.5b.safetensors",
+            "sd3.5_large.safetensors",
+            "sd3.5_large_turbo.safetensors",
+            "sd3.5_medium.safetensors",
+        ),
+        "diffusion_models": ("wan2.2_ti2v_5B_fp16.safetensors",),
+        "text_encoders": (
+            "clip_g.safetensors",
+            "clip_l.safetensors",
+            "t5xxl_fp16.safetensors",
+            "t5xxl_fp8_e4m3fn_scaled.safetensors",
+            "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+        ),
+        "vae": ("wan2.2_vae.safetensors",),
+    }
 )
 
 
@@ -38,6 +63,9 @@ class SimulatorSettings:
     templates_version: str = "0.1.95"
     pytorch_version: str = "2.13.0+cpu"
     argv: tuple[str, ...] = field(default=RECORDED_ARGV)
+    # Simulated model nodes (KSampler) take this long per sampling step; small, so tests stay fast.
+    model_step_seconds: float = 0.01
+    model_files: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_MODEL_FILES, hash=False)
     # Letters of PreviewImage's ``ComfyUI_temp_<letters>_`` prefix; None = 5 random letters per start.
     temp_letters: str | None = None
 

@@ -5,29 +5,32 @@ from __future__ import annotations
 from .audio import EmptyAudio, LoadAudio, SaveAudio, SaveAudioMP3, SaveAudioOpus
 from .base import InputSpec, InterruptProcessingError, NodeContext, NodeDef, NodeOutput
 from .image import EmptyImage, ImageBatch, ImageBlur, LoadImage, PreviewImage, SaveImage
+from .models import MODEL_NODES
+from .sampling import SAMPLING_NODES
 from .simulated import SimulatedModelNode, SimulatedSampler
-from .video import CreateVideo, SaveVideo, SaveWEBM
+from .video import CreateVideo, LoadVideo, SaveVideo, SaveWEBM
 
-NODE_CLASSES: dict[str, NodeDef] = {
-    cls.name: cls()
-    for cls in (
-        EmptyImage,
-        LoadImage,
-        ImageBatch,
-        ImageBlur,
-        SaveImage,
-        PreviewImage,
-        EmptyAudio,
-        LoadAudio,
-        SaveAudio,
-        SaveAudioMP3,
-        SaveAudioOpus,
-        CreateVideo,
-        SaveVideo,
-        SaveWEBM,
-        SimulatedSampler,
-    )
-}
+_CLASSES: tuple[type[NodeDef], ...] = (
+    EmptyImage,
+    LoadImage,
+    ImageBatch,
+    ImageBlur,
+    SaveImage,
+    PreviewImage,
+    EmptyAudio,
+    LoadAudio,
+    SaveAudio,
+    SaveAudioMP3,
+    SaveAudioOpus,
+    CreateVideo,
+    LoadVideo,
+    SaveVideo,
+    SaveWEBM,
+    SimulatedSampler,
+    *MODEL_NODES,
+    *SAMPLING_NODES,
+)
+NODE_CLASSES: dict[str, NodeDef] = {cls.name: cls() for cls in _CLASSES}
 
 __all__ = [
     "NODE_CLASSES",

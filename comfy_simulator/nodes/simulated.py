@@ -3,7 +3,8 @@
 ``SimulatedModelNode`` is the template: a subclass declares its extra inputs and ``produce``s its outputs;
 the base runs ``steps`` steps spread over ``seconds``, sending ``progress`` / ``progress_state`` after each
 step and stopping at the next step when interrupted, like a real sampler's progress hook. Templates for
-ACE-Step, SD3.5 or Wan 2.2 can subclass it with their own inputs / outputs.
+ACE-Step, SD3.5 or Wan 2.2 can subclass it with their own inputs / outputs; the simulated ``KSampler``
+(``sampling.py``) uses the same ``run_steps`` loop with ComfyUI's own inputs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ import numpy as np
 
 from ..paths import Folders
 from .base import InputSpec, NodeContext, NodeDef, NodeOutput
+
+
+async def run_steps(ctx: NodeContext, steps: int, seconds: float) -> None:
+    """``steps`` sampler steps spread evenly over ``seconds``: ``progress`` after each one, and an
+    ``InterruptProcessingError`` at the next step once the prompt is interrupted (comfy's progress hook)."""
+    started = time.monotonic()
+    for step in range(1, steps + 1):
+        delay = started + seconds * step / steps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await ctx.progress(step, steps)
 
 
 class SimulatedModelNode(NodeDef):
@@ -48,13 +60,7 @@ class SimulatedModelNode(NodeDef):
         ]
 
     async def execute(self, ctx: NodeContext, **kw: Any) -> NodeOutput:
-        steps, seconds = int(kw["steps"]), float(kw["seconds"])
-        started = time.monotonic()
-        for step in range(1, steps + 1):
-            delay = started + seconds * step / steps - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await ctx.progress(step, steps)  # raises when interrupted, like comfy's progress hook
+        await run_steps(ctx, int(kw["steps"]), float(kw["seconds"]))
         return NodeOutput(self.produce(ctx, **kw))
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import media
-from ..paths import Folders, get_save_image_path
+from ..paths import Folders, file_sha256, get_save_image_path
 from .base import InputSpec, NodeContext, NodeDef, NodeOutput
 from .image import PREFIX_TOOLTIP, SAVE_DESCRIPTION
 
@@ -45,6 +45,37 @@ class CreateVideo(NodeDef):
 
     async def execute(self, ctx: NodeContext, **kw: Any) -> NodeOutput:
         return NodeOutput((VideoComponents(kw["images"], kw.get("audio"), float(kw["fps"])),))
+
+
+VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif"}
+
+
+class LoadVideo(NodeDef):
+    """Frames and frame rate of an input video (its audio is not simulated: ``audio`` stays None)."""
+
+    name = "LoadVideo"
+    display_name = "Load Video"
+    category = "image/video"
+    python_module = MODULE
+    return_types = ("VIDEO",)
+    validated_inputs = ("file",)
+    v3 = True
+
+    def inputs(self, folders: Folders) -> list[InputSpec]:
+        options = folders.input_files(VIDEO_EXTS)
+        return [InputSpec("file", "COMBO", {"multiselect": False, "video_upload": True, "options": options})]
+
+    def validate_inputs(self, folders: Folders, values: dict[str, Any]) -> bool | str:
+        if not folders.exists_annotated(str(values.get("file"))):
+            return "Invalid video file: {}".format(values.get("file"))
+        return True
+
+    def fingerprint(self, folders: Folders, values: dict[str, Any]) -> Any:
+        return file_sha256(folders.annotated_filepath(str(values["file"])))
+
+    async def execute(self, ctx: NodeContext, **kw: Any) -> NodeOutput:
+        images, fps = await asyncio.to_thread(media.decode_video, ctx.folders.annotated_filepath(kw["file"]))
+        return NodeOutput((VideoComponents(images, None, fps),))
 
 
 class SaveVideo(NodeDef):
