@@ -1,7 +1,7 @@
 # One image for the three processes (service, gateway, simulator); compose picks the command.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md runstore.py ./
+COPY pyproject.toml README.md runstore.py logformat.py ./
 COPY generation_service generation_service
 COPY media_gateway media_gateway
 COPY comfy_simulator comfy_simulator

@@ -16,6 +16,8 @@ torn ``metadata.json`` or a half-written media file. This module imports nothing
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -28,6 +30,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 METADATA_FILE = "metadata.json"
 PARTIAL_SUFFIX = ".partial"
@@ -197,6 +200,30 @@ def entity_filename(sequence: int, entity_type: str, ext: str) -> str:
 def media_url(base_url: str, kind: MediaKind, run_id: str, index: int) -> str:
     """The gateway URL of a run's ``index``-th output of ``kind`` (0-based, in sequence order)."""
     return f"{base_url.rstrip('/')}/api/media/{kind.value}/{run_id}/{index}"
+
+
+def sign_media_path(path: str, secret: str, expires: int) -> str:
+    """The signature of a gateway path valid until ``expires`` (Unix seconds): hex HMAC-SHA256."""
+    return hmac.new(secret.encode(), f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def signed_media_url(url: str, secret: str, expires: int) -> str:
+    """``url`` with ``expires`` and ``sig`` query parameters that the gateway checks."""
+    path = urlsplit(url).path
+    return f"{url}?expires={expires}&sig={sign_media_path(path, secret, expires)}"
+
+
+def signature_problem(path: str, expires: str | None, sig: str | None, secret: str, now: float) -> str | None:
+    """Why a signed request is refused, or None when its signature is valid and unexpired."""
+    if not expires or not sig:
+        return "this URL needs a signature (expires and sig parameters)"
+    if not expires.isdigit():
+        return "the expires parameter is not a Unix time"
+    if not hmac.compare_digest(sign_media_path(path, secret, int(expires)), sig):
+        return "the signature does not match this URL"
+    if int(expires) < now:
+        return "this URL has expired"
+    return None
 
 
 def _valid_entities(metadata: dict[str, Any]) -> list[dict[str, Any]]:

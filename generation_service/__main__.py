@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
+import logformat
 from generation_service.server import serve
 from generation_service.settings import Settings
 
 
 def main() -> None:
     settings = Settings.from_args()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except RuntimeError as exc:

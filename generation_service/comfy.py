@@ -79,6 +79,7 @@ class ComfyBackend:
         self._connected = asyncio.Event()
         self._subscriptions: dict[str, Subscription] = {}
         self._closing = False
+        self.connections = 0  # websocket connections opened so far (reconnects = connections - 1)
         self._socket_failing = False  # the last connection attempt failed: do not wait for the socket
 
     @property
@@ -130,6 +131,7 @@ class ComfyBackend:
                     self._client_id = client_id
                     self._socket_failing = False
                     self._connected.set()
+                    self.connections += 1
                     delay = _RECONNECT_MIN_S
                     logger.info("backend websocket connected to %s (clientId %s)", self.public_url, client_id)
                     await self._read_frames(ws)
@@ -297,6 +299,14 @@ class ComfyBackend:
             pass
         async with self._request("POST", "interrupt", json={"prompt_id": prompt_id}):
             pass
+
+    async def probe(self) -> bool:
+        """Whether the backend answers right now (one quick request, no retries)."""
+        try:
+            async with self._http.get(self._url("system_stats"), timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     async def upload(self, data: bytes, filename: str, subfolder: str = "") -> str:
         """Upload an input file (any media: ComfyUI's /upload/image takes audio and video too) and return

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from generation_service import events as ev
@@ -18,9 +19,10 @@ from generation_service import outputs, workflow
 from generation_service.comfy import SOCKET_LOST, ComfyBackend, QueueState, Subscription
 from generation_service.comfy_replies import HistoryEntry
 from generation_service.errors import BackendUnavailable, GenerationError
+from generation_service.metrics import Metrics
 from generation_service.run_handle import CancelRequest, RunHandle
 from generation_service.run_record import RunRecord, failure_to_json
-from runstore import RunStatus, media_url, utc_now
+from runstore import MediaKind, RunStatus, media_url, signed_media_url, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -31,23 +33,24 @@ _SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]([^\s'\"/\
 Outcome = ev.Completed | ev.Failed | ev.Cancelled
 
 
+@dataclass(frozen=True)
 class FollowPolicy:
-    """The timing knobs shared by every follower of a service (from Settings)."""
+    """The knobs shared by every follower of a service (from Settings)."""
 
-    def __init__(
-        self,
-        *,
-        media_base_url: str,
-        poll_s: float,
-        keepalive_s: float,
-        cancel_confirm_s: float,
-        poll_failures_tolerated: int = 30,
-    ) -> None:
-        self.media_base_url = media_base_url
-        self.poll_s = poll_s
-        self.keepalive_s = keepalive_s
-        self.cancel_confirm_s = cancel_confirm_s
-        self.poll_failures_tolerated = poll_failures_tolerated
+    media_base_url: str
+    poll_s: float = 1.0
+    keepalive_s: float = 10.0
+    cancel_confirm_s: float = 30.0
+    poll_failures_tolerated: int = 30
+    signing_secret: str = ""
+    url_ttl_s: float = 86400.0
+
+    def media_url(self, kind: MediaKind, run_id: str, index: int) -> str:
+        """An output's gateway URL; signed, and valid for ``url_ttl_s``, when a secret is set."""
+        url = media_url(self.media_base_url, kind, run_id, index)
+        if not self.signing_secret:
+            return url
+        return signed_media_url(url, self.signing_secret, int(time.time() + self.url_ttl_s))
 
 
 class Follower:
@@ -59,8 +62,10 @@ class Follower:
         record: RunRecord,
         sub: Subscription,
         nodes: dict[str, workflow.NodeInfo],
+        metrics: Metrics,
     ) -> None:
         self.backend = backend
+        self.metrics = metrics
         self.policy = policy
         self.handle = handle
         self.record = record
@@ -76,7 +81,8 @@ class Follower:
         self.poll_failures = 0
         self.absent = 0
         self.next_look = time.time() if sub.blind else time.time() + policy.keepalive_s
-        self.log = {"run_id": handle.run_id, "prompt_id": sub.prompt_id}
+        self.template = str(record.metadata.get("template") or "")
+        self.log = {"run_id": handle.run_id, "prompt_id": sub.prompt_id, "template": self.template}
 
     async def run(self) -> None:
         try:
@@ -177,6 +183,7 @@ class Follower:
 
     async def _mark_started(self) -> None:
         self.started_at = time.time()
+        self.metrics.queue_wait.observe(self.started_at - self.accepted_at)
         self.handle.publish(ev.Started(self.started_at - self.accepted_at))
         await self.record.update(status=RunStatus.RUNNING, current_state={"step": "running"})
 
@@ -294,6 +301,7 @@ class Follower:
         sequence = self.record.next_sequence
         ref = download.ref
         file = await outputs.store(self.backend.download(ref), self.record.run_dir, sequence, ref.filename)
+        self.metrics.bytes_downloaded.inc(file.size_bytes)
         kind = file.format.kind
         index = sum(1 for s in self.stored if s.kind == kind)
         await self.record.update(
@@ -318,7 +326,7 @@ class Follower:
         return ev.StoredOutput(
             kind=kind,
             index=index,
-            url=media_url(self.policy.media_base_url, kind, self.handle.run_id, index),
+            url=self.policy.media_url(kind, self.handle.run_id, index),
             mime=file.format.mime,
             size_bytes=file.size_bytes,
             sha256=file.sha256,
@@ -343,6 +351,9 @@ class Follower:
             fields["cancel_reason"] = outcome.reason
         await self.record.update(status=status, current_state={"step": status.value}, **fields)
         self.handle.publish(outcome)
+        self.metrics.runs.labels(outcome=status.value, template=self.template).inc()
+        if isinstance(outcome, ev.Completed):
+            self.metrics.execution.observe(outcome.execution_s)
         logger.info("run %s %s", self.handle.run_id, status.value, extra=self.log)
 
 

@@ -18,7 +18,6 @@ from runstore import (
     RunStatus,
     RunStore,
     entity_filename,
-    media_url,
     output_entities,
     utc_now,
     write_json_atomic,
@@ -171,8 +170,8 @@ def failure_from_json(data: dict[str, Any]) -> ev.Failed:
     return ev.Failed(**{**data, "code": ev.FailureCode(data.get("code", "internal")), "node_errors": problems})
 
 
-def summarize(metadata: dict[str, Any], media_base_url: str, last_seq: int) -> RunSummary:
-    """A RunSummary of a run's metadata; output URLs are built on ``media_base_url``."""
+def summarize(metadata: dict[str, Any], url_for: Callable[[MediaKind, str, int], str], last_seq: int) -> RunSummary:
+    """A RunSummary of a run's metadata; ``url_for(kind, run_id, index)`` builds output URLs."""
     run_id = str(metadata["run_id"])
     outputs = []
     for kind in MediaKind:
@@ -184,7 +183,7 @@ def summarize(metadata: dict[str, Any], media_base_url: str, last_seq: int) -> R
                     ev.StoredOutput(
                         kind=kind,
                         index=index,
-                        url=media_url(media_base_url, kind, run_id, index),
+                        url=url_for(kind, run_id, index),
                         mime=str(meta.get("mime", "")),
                         size_bytes=int(meta.get("size_bytes", 0)),
                         sha256=str(meta.get("sha256", "")),

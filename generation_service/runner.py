@@ -31,6 +31,7 @@ from generation_service.errors import (
     WorkflowRejected,
 )
 from generation_service.follower import Follower, FollowPolicy
+from generation_service.metrics import Metrics
 from generation_service.run_handle import RunHandle
 from generation_service.run_record import RunOptions, RunRecord, RunSummary, failure_to_json, summarize
 from runstore import PARTIAL_SUFFIX, InvalidRunId, RunStatus, RunStore, new_run_id, parse_run_id, utc_now
@@ -79,11 +80,14 @@ class Runner:
         *,
         defaults: RunOptions | None = None,
         max_in_flight: int = 1000,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
         self.policy = policy
         self.defaults = defaults or RunOptions()
+        self.metrics = metrics or Metrics()
+        self.metrics.runs_in_flight.set_function(lambda: len(self.runs))
         self.max_in_flight = max_in_flight
         self.runs: dict[str, RunHandle] = {}  # live runs only
         self._index: dict[str, _IndexEntry] = {}
@@ -175,13 +179,13 @@ class Runner:
                 finished_at=utc_now(),
                 error=failure_to_json(ev.Failed(code, str(exc), node_errors=problems)),
             )
-            logger.info("run %s rejected: %s", record.run_id, exc)
+            logger.info("run %s rejected: %s", record.run_id, exc, extra=_context(record))
             raise
         handle = self._attach(record, sub, graph, past=[])
         handle.publish(ev.Accepted(record.prompt_id, self.backend.public_url, spec.workflow_name))
         if spec.request_id:
             self._requests[spec.request_id] = record.run_id
-        logger.info("run %s accepted as prompt %s", record.run_id, record.prompt_id)
+        logger.info("run %s accepted as prompt %s", record.run_id, record.prompt_id, extra=_context(record))
         self._follow(handle, record, sub, graph)
         return handle
 
@@ -191,7 +195,7 @@ class Runner:
         return handle
 
     def _follow(self, handle: RunHandle, record: RunRecord, sub: Any, graph: dict[str, Any]) -> None:
-        follower = Follower(self.backend, self.policy, handle, record, sub, workflow.node_infos(graph))
+        follower = Follower(self.backend, self.policy, handle, record, sub, workflow.node_infos(graph), self.metrics)
         handle.task = asyncio.create_task(follower.run(), name=f"run-{record.run_id}")
         handle.task.add_done_callback(lambda _: self.runs.pop(record.run_id, None))
 
@@ -237,7 +241,7 @@ class Runner:
             raise RunNotFound(f"run {run_id} has no readable metadata")
         live = self.runs.get(run_id)
         last_seq = live.last_seq if live else int(metadata.get("last_seq") or 0)
-        return summarize(metadata, self.policy.media_base_url, last_seq)
+        return summarize(metadata, self.policy.media_url, last_seq)
 
     async def list_runs(
         self, statuses: frozenset[RunStatus], page_size: int, page_token: str
@@ -332,6 +336,15 @@ class Runner:
         await asyncio.gather(*tasks, return_exceptions=True)
         for handle in handles:
             handle.close()
+
+
+def _context(record: RunRecord) -> dict[str, str]:
+    """The fields every lifecycle log line carries (see logformat)."""
+    return {
+        "run_id": record.run_id,
+        "prompt_id": record.prompt_id,
+        "template": str(record.metadata.get("template") or ""),
+    }
 
 
 def _cancel_if_accepted(submission: asyncio.Task[RunHandle]) -> None:

@@ -8,13 +8,17 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from generation_service.auth import BearerTokenInterceptor
 from generation_service.comfy import ComfyBackend
 from generation_service.follower import FollowPolicy
+from generation_service.health import watching_backend
+from generation_service.metrics import Metrics, serving_metrics
 from generation_service.run_record import RunOptions
 from generation_service.runner import Runner
 from generation_service.servicer import GenerationServicer
@@ -26,21 +30,47 @@ from runstore import RunStore
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # requests may carry input media (templates)
 
 
-async def create_server(settings: Settings, runner: Runner) -> tuple[grpc.aio.Server, int]:
-    """The server with every service registered, bound but not started; returns it and its port."""
-    server = grpc.aio.server()
-    pb_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(runner), server)
+# A burst of calls (clients reconnecting after a restart) must queue, not be dropped: gRPC's default
+# pending-call limits (1000 soft / 3000 hard) cancel such bursts (see the streaming benchmark).
+SERVER_OPTIONS = [
+    ("grpc.server.max_pending_requests", 20000),
+    ("grpc.server.max_pending_requests_hard_limit", 60000),
+    ("grpc.keepalive_time_ms", 30000),  # find dead clients of long streams
+    ("grpc.keepalive_timeout_ms", 10000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+async def create_server(
+    settings: Settings, runner: Runner, metrics: Metrics
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """The server with every service registered, bound but not started."""
+    interceptors = [BearerTokenInterceptor(settings.tokens)] if settings.tokens else []
+    options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    pb_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(runner, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise RuntimeError(f"cannot bind the gRPC server to {settings.listen}")
-    return server, port
+    try:
+        port = (
+            server.add_secure_port(settings.listen, _tls(settings))
+            if settings.tls_cert_file
+            else server.add_insecure_port(settings.listen)
+        )
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot bind the gRPC server to {settings.listen}: {exc}") from exc
+    return server, port, health_servicer
+
+
+def _tls(settings: Settings) -> grpc.ServerCredentials:
+    key, chain = Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes()
+    ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=ca is not None)
 
 
 @dataclass(frozen=True)
@@ -48,46 +78,62 @@ class RunningService:
     port: int
     runner: Runner
     server: grpc.aio.Server
+    metrics: Metrics
+    metrics_port: int | None
 
 
 @contextlib.asynccontextmanager
 async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
-    """The whole service in the current event loop: backend client, runner and started gRPC server."""
+    """The whole service in the current event loop: backend client, runner, health probe, metrics
+    endpoint and the started gRPC server."""
     check_runs_dir(settings)
+    metrics = Metrics()
     backend = ComfyBackend(
         settings.backend_url,
         backend_id=settings.swarm_backend_id,
         request_timeout_s=settings.request_timeout_seconds,
         retries=settings.backend_retries,
     )
-    await backend.start()
     policy = FollowPolicy(
         media_base_url=settings.media_base_url,
         poll_s=settings.history_poll_seconds,
         keepalive_s=settings.keepalive_seconds,
         cancel_confirm_s=settings.cancel_confirm_seconds,
+        signing_secret=settings.media_signing_secret,
+        url_ttl_s=settings.media_url_ttl_seconds,
     )
     defaults = RunOptions(
         queue_timeout_s=settings.queue_timeout_seconds, execution_timeout_s=settings.execution_timeout_seconds
     )
     runner = Runner(
-        RunStore(settings.runs_dir), backend, policy, defaults=defaults, max_in_flight=settings.max_runs_in_flight
+        RunStore(settings.runs_dir),
+        backend,
+        policy,
+        defaults=defaults,
+        max_in_flight=settings.max_runs_in_flight,
+        metrics=metrics,
     )
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        await backend.start()
+        stack.push_async_callback(backend.close)
         resumed = await runner.recover()
-    except BaseException:
-        await backend.close()
-        raise
-    if resumed:
-        logger.info("resumed %d unfinished run(s) from run storage", resumed)
-    server, port = await create_server(settings, runner)
-    await server.start()
-    try:
-        yield RunningService(port, runner, server)
-    finally:
-        await server.stop(settings.shutdown_grace_seconds)
-        await runner.close()
-        await backend.close()
+        stack.push_async_callback(runner.close)
+        if resumed:
+            logger.info("resumed %d unfinished run(s) from run storage", resumed)
+        metrics_port = None
+        if settings.metrics_listen:
+            metrics_port = await stack.enter_async_context(serving_metrics(metrics, settings.metrics_listen))
+        server, port, health_servicer = await create_server(settings, runner, metrics)
+        names = ("", SERVICE_NAME)
+        await stack.enter_async_context(
+            watching_backend(health_servicer, names, backend, metrics, settings.health_check_seconds)
+        )
+        await server.start()
+        try:
+            yield RunningService(port, runner, server, metrics, metrics_port)
+        finally:
+            await health_servicer.enter_graceful_shutdown()  # probes see NOT_SERVING while calls drain
+            await server.stop(settings.shutdown_grace_seconds)
 
 
 def check_runs_dir(settings: Settings) -> None:
@@ -111,11 +157,13 @@ async def serve(settings: Settings) -> None:
     async with running_service(settings) as service:
         host = settings.listen.rpartition(":")[0]
         logger.info(
-            "generation service listening on %s:%d, backend %s, runs in %s",
+            "generation service listening on %s:%d%s, backend %s, runs in %s%s",
             host,
             service.port,
+            " (TLS)" if settings.tls_cert_file else "",
             service.runner.backend.public_url,
             settings.runs_dir,
+            f", metrics on port {service.metrics_port}" if service.metrics_port else "",
         )
         await stop.wait()
         in_flight = len(service.runner.runs)

@@ -23,6 +23,7 @@ from generation_service.errors import (
     TooManyRuns,
     WorkflowRejected,
 )
+from generation_service.metrics import Metrics
 from generation_service.runner import Runner
 from generation_service.v1 import generation_pb2 as pb
 from generation_service.v1 import generation_pb2_grpc as pb_grpc
@@ -44,15 +45,17 @@ T = TypeVar("T")
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, metrics: Metrics) -> None:
         self.runner = runner
+        self.metrics = metrics
 
     async def Generate(self, request: pb.GenerateRequest, context: Context) -> AsyncIterator[pb.RunEvent]:
         handle = await _call(context, lambda: self.runner.start(spec_from_proto(request)))
         ended = False
         try:
-            async for event in handle.events():
-                yield to_proto(event)
+            with self.metrics.streams.labels(rpc="Generate").track_inprogress():
+                async for event in handle.events():
+                    yield to_proto(event)
             ended = True
         finally:
             if not ended and request.on_disconnect != pb.DISCONNECT_POLICY_DETACH:
@@ -67,8 +70,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.RunEvent]:
         events = await _call(context, lambda: _ready(self.runner.watch(request.run_id, request.after_seq)))
-        async for event in events:
-            yield to_proto(event)
+        with self.metrics.streams.labels(rpc="WatchRun").track_inprogress():
+            async for event in events:
+                yield to_proto(event)
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.Run:
         return await _call(context, lambda: _as_proto(self.runner.get(request.run_id)))

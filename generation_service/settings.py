@@ -26,6 +26,17 @@ HELP = {
     "cancel_confirm_seconds": "how long a cancel waits for the backend to confirm before the run ends anyway",
     "max_runs_in_flight": "runs accepted but not finished, at most; beyond it calls get RESOURCE_EXHAUSTED",
     "backend_retries": "retries of a backend request that found no connection or a 5xx answer",
+    "health_check_seconds": "how often the backend is probed; gRPC health is SERVING only while it answers",
+    "metrics_listen": "HOST:PORT of the Prometheus /metrics endpoint; empty: no endpoint",
+    "log_format": "log lines as 'text' (for people) or 'json' (one object per line, for collectors)",
+    "auth_tokens": "comma-separated bearer tokens; when set, every call but health checks must send "
+    "'authorization: Bearer <token>' (set it through the environment, not the command line)",
+    "tls_cert_file": "PEM certificate chain: serve gRPC over TLS (with tls_key_file)",
+    "tls_key_file": "PEM private key of tls_cert_file",
+    "tls_client_ca_file": "PEM CA bundle: also require client certificates signed by it (mutual TLS)",
+    "media_signing_secret": "HMAC secret shared with the gateway: output URLs are signed and expire "
+    "(set it through the environment)",
+    "media_url_ttl_seconds": "how long a signed output URL stays valid",
     "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -52,24 +63,58 @@ class Settings:
     cancel_confirm_seconds: float = 30.0
     max_runs_in_flight: int = 1000
     backend_retries: int = 3
+    health_check_seconds: float = 5.0
+    metrics_listen: str = ""
+    log_format: str = "text"
+    auth_tokens: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    media_signing_secret: str = ""
+    media_url_ttl_seconds: float = 86400.0
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        self._check_addresses()
+        self._check_numbers()
+        self._check_security()
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format: must be text or json, got {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    def _check_addresses(self) -> None:
         for name in ("backend_url", "media_base_url"):
             url = urlsplit(getattr(self, name))
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise ValueError(f"{name}: must be an http(s) URL, got {getattr(self, name)!r}")
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
+        if not _is_host_port(self.listen):
             raise ValueError(f"listen: must be HOST:PORT, got {self.listen!r}")
+        if self.metrics_listen and not _is_host_port(self.metrics_listen):
+            raise ValueError(f"metrics_listen: must be HOST:PORT or empty, got {self.metrics_listen!r}")
+
+    def _check_numbers(self) -> None:
         for f in fields(self):
-            if f.name.endswith("_seconds") or f.name == "max_runs_in_flight":
-                if not getattr(self, f.name) > 0:
-                    raise ValueError(f"{f.name}: must be greater than 0, got {getattr(self, f.name)!r}")
+            if (f.name.endswith("_seconds") or f.name == "max_runs_in_flight") and not getattr(self, f.name) > 0:
+                raise ValueError(f"{f.name}: must be greater than 0, got {getattr(self, f.name)!r}")
         if self.backend_retries < 0:
             raise ValueError(f"backend_retries: must be 0 or more, got {self.backend_retries!r}")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    def _check_security(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file: tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file: client certificates need TLS (tls_cert_file and tls_key_file)")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        if self.auth_tokens and not all(t.strip() for t in self.auth_tokens.split(",")):
+            raise ValueError("auth_tokens: an empty token in the list")
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.auth_tokens.split(",") if t.strip())
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -103,3 +148,8 @@ class Settings:
             parser.error(
                 f"--{name.replace('_', '-')} / {ENV_PREFIX}{name.upper()}: {str(exc).split(':', 1)[1].strip()}"
             )
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) <= 65535)

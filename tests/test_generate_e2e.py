@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -334,7 +335,8 @@ async def test_run_completes_through_history_when_the_socket_drops(stack: Stack)
 
 async def test_run_fails_unavailable_when_history_keeps_failing_without_a_socket(stack_factory: StackFactory) -> None:
     stack = await stack_factory(backend_retries=1)
-    stack.service.runner.policy.poll_failures_tolerated = 3
+    runner = stack.service.runner
+    runner.policy = dataclasses.replace(runner.policy, poll_failures_tolerated=3)
     graph = load("image.json")
     graph["2"]["inputs"].update(steps=10, seconds=0.5)
     stack.sim.faults.drop_socket_after_frames = 4

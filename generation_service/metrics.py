@@ -1,0 +1,73 @@
+"""Prometheus metrics of the service, in a registry of its own (several services can share a process
+in tests), served at /metrics by a small aiohttp app when a metrics address is configured."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Real generations take seconds to many minutes; queue waits can be longer.
+_SECONDS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.runs = Counter(
+            "generation_runs_total",
+            "Runs that ended, by outcome and template",
+            ["outcome", "template"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "generation_queue_wait_seconds",
+            "Time from acceptance to execution start",
+            buckets=_SECONDS,
+            registry=self.registry,
+        )
+        self.execution = Histogram(
+            "generation_execution_seconds", "Execution time of completed runs", buckets=_SECONDS, registry=self.registry
+        )
+        self.streams = Gauge(
+            "generation_active_streams", "Open server streams, by RPC", ["rpc"], registry=self.registry
+        )
+        self.runs_in_flight = Gauge(
+            "generation_runs_in_flight", "Runs accepted and not yet ended", registry=self.registry
+        )
+        self.reconnects = Counter(
+            "generation_backend_socket_reconnects_total",
+            "Backend websocket connections opened after the first",
+            registry=self.registry,
+        )
+        self.bytes_downloaded = Counter(
+            "generation_output_bytes_downloaded_total", "Bytes of outputs stored in run storage", registry=self.registry
+        )
+        self.backend_up = Gauge(
+            "generation_backend_up", "1 while the backend answers its health probe", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@contextlib.asynccontextmanager
+async def serving_metrics(metrics: Metrics, listen: str) -> AsyncIterator[int]:
+    """Serve /metrics on ``listen`` (HOST:PORT, port 0: a free one) until the block ends; yields the port."""
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]"), int(port))
+    await site.start()
+    try:
+        yield site.port  # the bound port once started
+    finally:
+        await runner.cleanup()
