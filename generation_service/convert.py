@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ from generation_service import events as ev
 from generation_service.errors import InvalidRequest
 from generation_service.run_record import RunSummary
 from generation_service.runner import RunSpec
+from generation_service.templating import ParamValue, Scalar, Template
 from generation_service.v1 import generation_pb2 as pb
 from runstore import MediaKind, RunStatus
 
@@ -72,7 +74,13 @@ def _failed(body: ev.Failed) -> pb.Failed:
 _CONVERTERS: dict[type, tuple[str, Callable[[Any], Message]]] = {
     ev.Accepted: (
         "accepted",
-        lambda b: pb.Accepted(prompt_id=b.prompt_id, backend=b.backend, workflow_name=b.workflow_name),
+        lambda b: pb.Accepted(
+            prompt_id=b.prompt_id,
+            backend=b.backend,
+            workflow_name=b.workflow_name,
+            template=b.template,
+            seeds=dict(b.seeds),
+        ),
     ),
     ev.Queued: ("queued", lambda b: pb.Queued(position=b.position)),
     ev.Started: ("started", lambda b: pb.Started(queue_wait=_duration(b.queue_wait_s))),
@@ -122,6 +130,8 @@ def run_to_proto(run: RunSummary) -> pb.Run:
         cancel_reason=run.cancel_reason,
         last_seq=run.last_seq,
         request_id=run.request_id,
+        template=run.template,
+        params={name: json.dumps(value) for name, value in run.params.items()},
     )
     if run.finished:
         msg.finished.CopyFrom(_timestamp(run.finished))
@@ -141,6 +151,47 @@ def statuses_from_proto(values: Any) -> frozenset[RunStatus]:
         raise InvalidRequest(f"statuses: unknown run status {exc.args[0]}") from exc
 
 
+def param_from_proto(value: pb.ParamValue) -> ParamValue:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InvalidRequest("a template parameter value is empty: set text, integer, number, flag or data")
+    result: ParamValue = getattr(value, kind)
+    return result
+
+
+def param_to_proto(value: Scalar) -> pb.ParamValue:
+    if isinstance(value, bool):  # before int: bool is an int
+        return pb.ParamValue(flag=value)
+    if isinstance(value, int):
+        return pb.ParamValue(integer=value)
+    if isinstance(value, float):
+        return pb.ParamValue(number=value)
+    return pb.ParamValue(text=str(value))
+
+
+def template_to_proto(template: Template) -> pb.Template:
+    msg = pb.Template(name=template.name, description=template.description, media=_MEDIA_TYPES[template.media])
+    for param in template.params:
+        out = msg.parameters.add(
+            name=param.name,
+            type=param.type.value,
+            description=param.description,
+            required=param.required,
+            choices=[param_to_proto(c) for c in param.choices],
+        )
+        if param.default is not None:
+            out.default_value.CopyFrom(param_to_proto(param.default))
+        if param.minimum is not None:
+            out.min = float(param.minimum)
+        if param.maximum is not None:
+            out.max = float(param.maximum)
+        if param.step is not None:
+            out.step = param.step
+        if param.max_length is not None:
+            out.max_length = param.max_length
+    return msg
+
+
 def spec_from_proto(request: pb.GenerateRequest) -> RunSpec:
     timeouts = {}
     for field in ("queue_timeout", "execution_timeout"):
@@ -154,5 +205,7 @@ def spec_from_proto(request: pb.GenerateRequest) -> RunSpec:
         workflow_name=request.workflow_name,
         include_previews=request.include_previews,
         request_id=request.request_id,
+        template=request.template,
+        params={name: param_from_proto(value) for name, value in request.params.items()},
         **timeouts,
     )

@@ -28,6 +28,10 @@ class RunNotFound(GenerationError):
     """No run has this id."""
 
 
+class TemplateNotFound(GenerationError):
+    """No template has this name."""
+
+
 class RequestConflict(GenerationError):
     """A request_id was reused for a request that differs from the one it first named."""
 

@@ -41,6 +41,8 @@ class Accepted:
     prompt_id: str
     backend: str
     workflow_name: str
+    template: str = ""
+    seeds: tuple[tuple[str, int], ...] = ()  # (parameter name, value), drawn ones included
 
 
 @dataclass(frozen=True)

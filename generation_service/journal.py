@@ -65,6 +65,8 @@ def _decode_body(kind: str, data: dict[str, Any]) -> ev.EventBody:
     if cls is ev.Failed:
         problems = tuple(NodeProblem(**p) for p in data.get("node_errors", ()))
         return ev.Failed(**{**data, "code": ev.FailureCode(data["code"]), "node_errors": problems})
+    if cls is ev.Accepted:
+        return ev.Accepted(**{**data, "seeds": tuple((str(k), int(v)) for k, v in data.get("seeds", ()))})
     if cls is ev.NodesCached:
         return ev.NodesCached(tuple(data["node_ids"]))
     return cls(**data)

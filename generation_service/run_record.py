@@ -51,6 +51,8 @@ class RunSummary:
     cancel_reason: str
     last_seq: int
     request_id: str
+    template: str
+    params: dict[str, Any]
 
 
 class RunRecord:
@@ -82,6 +84,9 @@ class RunRecord:
         options: RunOptions,
         request_id: str,
         fingerprint: str,
+        template: str = "",
+        params: dict[str, Any] | None = None,
+        seeds: dict[str, int] | None = None,
     ) -> RunRecord:
         """Create the run folder with its archived workflow (entity 1) and first metadata.json."""
         run_dir = store.create_run(run_id)
@@ -95,8 +100,9 @@ class RunRecord:
             "prompt_id": prompt_id,
             "backend": backend,
             "workflow": workflow_name,
-            "template": None,
-            "params": {},
+            "template": template or None,
+            "params": params or {},
+            "seeds": seeds or {},
             "request_id": request_id,
             "request_fingerprint": fingerprint,
             "options": dataclasses.asdict(options),
@@ -210,4 +216,6 @@ def summarize(metadata: dict[str, Any], url_for: Callable[[MediaKind, str, int],
         cancel_reason=str(metadata.get("cancel_reason", "")),
         last_seq=last_seq,
         request_id=str(metadata.get("request_id") or ""),
+        template=str(metadata.get("template") or ""),
+        params=dict(metadata.get("params") or {}),
     )

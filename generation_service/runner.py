@@ -14,7 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from generation_service import events as ev
@@ -34,6 +34,7 @@ from generation_service.follower import Follower, FollowPolicy
 from generation_service.metrics import Metrics
 from generation_service.run_handle import RunHandle
 from generation_service.run_record import RunOptions, RunRecord, RunSummary, failure_to_json, summarize
+from generation_service.templating import DEFAULT_MAX_MEDIA_BYTES, ParamValue, TemplateCatalog, bind_uploads
 from runstore import PARTIAL_SUFFIX, InvalidRunId, RunStatus, RunStore, new_run_id, parse_run_id, utc_now
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,27 @@ class RunSpec:
     request_id: str = ""
     queue_timeout_s: float | None = None
     execution_timeout_s: float | None = None
+    template: str = ""
+    params: dict[str, ParamValue] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
         """What makes two requests the same request (timeouts are how to run it, not what)."""
-        content = json.dumps([self.workflow_json, self.workflow_name, self.include_previews])
+        params = {k: hashlib.sha256(v).hexdigest() if isinstance(v, bytes) else v for k, v in self.params.items()}
+        content = json.dumps(
+            [self.workflow_json, self.workflow_name, self.include_previews, self.template, params], sort_keys=True
+        )
         return hashlib.sha256(content.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The workflow to submit, and what a template made of the request."""
+
+    graph: dict[str, Any]
+    template: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,7 +97,11 @@ class Runner:
         defaults: RunOptions | None = None,
         max_in_flight: int = 1000,
         metrics: Metrics | None = None,
+        templates: TemplateCatalog | None = None,
+        max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
     ) -> None:
+        self.templates = templates
+        self.max_media_bytes = max_media_bytes
         self.store = store
         self.backend = backend
         self.policy = policy
@@ -121,16 +141,17 @@ class Runner:
                 f"{self.max_in_flight} runs are in flight, the most this service accepts",
                 retry_after_s=max(1.0, self.policy.keepalive_s),
             )
-        graph = workflow.parse(spec.workflow_json)
         options = RunOptions(
             include_previews=spec.include_previews,
             queue_timeout_s=spec.queue_timeout_s or self.defaults.queue_timeout_s,
             execution_timeout_s=spec.execution_timeout_s or self.defaults.execution_timeout_s,
         )
         run_id = new_run_id()
-        submitted = workflow.with_run_prefixes(graph, run_id)
         self._submitting += 1
         try:
+            prepared = await self._prepare(spec, run_id)
+            graph = prepared.graph
+            submitted = workflow.with_run_prefixes(graph, run_id)
             record = await asyncio.to_thread(
                 RunRecord.create,
                 self.store,
@@ -142,9 +163,12 @@ class Runner:
                 options=options,
                 request_id=spec.request_id,
                 fingerprint=spec.fingerprint,
+                template=prepared.template,
+                params=prepared.params,
+                seeds=prepared.seeds,
             )
             self._track(record)
-            submission = asyncio.create_task(self._submit(record, submitted, graph, spec))
+            submission = asyncio.create_task(self._submit(record, submitted, graph, spec, prepared.seeds))
             try:
                 # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
                 return await asyncio.shield(submission)
@@ -154,8 +178,37 @@ class Runner:
         finally:
             self._submitting -= 1
 
+    async def _prepare(self, spec: RunSpec, run_id: str) -> _Prepared:
+        """Parse the raw workflow, or fill in the template (uploading its input media)."""
+        if not spec.template:
+            if spec.params:
+                raise InvalidRequest("params go with a template; a raw workflow takes none")
+            return _Prepared(workflow.parse(spec.workflow_json))
+        if self.templates is None:
+            raise InvalidRequest("this service has no templates (its templates_dir setting is empty)")
+        self.templates.reload()  # cheap: picks up templates dropped into the folder
+        applied = await asyncio.to_thread(
+            self.templates.apply,
+            spec.template,
+            spec.params,
+            run_id=run_id,
+            store=self.store,
+            max_media_bytes=self.max_media_bytes,
+        )
+        names = [
+            await self.backend.upload(await asyncio.to_thread(u.read_bytes), u.filename, u.subfolder)
+            for u in applied.uploads
+        ]
+        graph = bind_uploads(applied.workflow, applied.uploads, names)
+        return _Prepared(graph, applied.template, applied.values, applied.seeds)
+
     async def _submit(
-        self, record: RunRecord, submitted: dict[str, Any], graph: dict[str, Any], spec: RunSpec
+        self,
+        record: RunRecord,
+        submitted: dict[str, Any],
+        graph: dict[str, Any],
+        spec: RunSpec,
+        seeds: dict[str, int],
     ) -> RunHandle:
         sub = self.backend.subscribe(record.prompt_id)
         try:
@@ -182,7 +235,11 @@ class Runner:
             logger.info("run %s rejected: %s", record.run_id, exc, extra=_context(record))
             raise
         handle = self._attach(record, sub, graph, past=[])
-        handle.publish(ev.Accepted(record.prompt_id, self.backend.public_url, spec.workflow_name))
+        handle.publish(
+            ev.Accepted(
+                record.prompt_id, self.backend.public_url, spec.workflow_name, spec.template, tuple(seeds.items())
+            )
+        )
         if spec.request_id:
             self._requests[spec.request_id] = record.run_id
         logger.info("run %s accepted as prompt %s", record.run_id, record.prompt_id, extra=_context(record))
@@ -321,7 +378,15 @@ class Runner:
                     ),
                 )
                 return
-            handle.publish(ev.Accepted(record.prompt_id, self.backend.public_url, str(record.metadata["workflow"])))
+            handle.publish(
+                ev.Accepted(
+                    record.prompt_id,
+                    self.backend.public_url,
+                    str(record.metadata["workflow"]),
+                    str(record.metadata.get("template") or ""),
+                    tuple(record.metadata.get("seeds", {}).items()),
+                )
+            )
         logger.info(
             "run %s resumed after a restart (prompt %s, %d events so far)", record.run_id, record.prompt_id, len(past)
         )

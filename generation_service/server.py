@@ -23,6 +23,7 @@ from generation_service.run_record import RunOptions
 from generation_service.runner import Runner
 from generation_service.servicer import GenerationServicer
 from generation_service.settings import Settings
+from generation_service.templating import TemplateCatalog, TemplateLoadError
 from generation_service.v1 import generation_pb2 as pb
 from generation_service.v1 import generation_pb2_grpc as pb_grpc
 from runstore import RunStore
@@ -30,7 +31,7 @@ from runstore import RunStore
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # requests may carry input media (templates)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 # A burst of calls (clients reconnecting after a restart) must queue, not be dropped: gRPC's default
@@ -50,7 +51,9 @@ async def create_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """The server with every service registered, bound but not started."""
     interceptors = [BearerTokenInterceptor(settings.tokens)] if settings.tokens else []
-    options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    # Template requests may carry input media: room for the largest file plus the rest of the request.
+    largest = max(MAX_MESSAGE_BYTES, settings.max_input_media_bytes + 1024 * 1024)
+    options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", largest)]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     pb_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(runner, metrics), server)
     health_servicer = health.aio.HealthServicer()
@@ -87,6 +90,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     """The whole service in the current event loop: backend client, runner, health probe, metrics
     endpoint and the started gRPC server."""
     check_runs_dir(settings)
+    templates = load_templates(settings)
     metrics = Metrics()
     backend = ComfyBackend(
         settings.backend_url,
@@ -112,6 +116,8 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         defaults=defaults,
         max_in_flight=settings.max_runs_in_flight,
         metrics=metrics,
+        templates=templates,
+        max_media_bytes=settings.max_input_media_bytes,
     )
     async with contextlib.AsyncExitStack() as stack:
         await backend.start()
@@ -134,6 +140,18 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         finally:
             await health_servicer.enter_graceful_shutdown()  # probes see NOT_SERVING while calls drain
             await server.stop(settings.shutdown_grace_seconds)
+
+
+def load_templates(settings: Settings) -> TemplateCatalog | None:
+    """Every template, checked now: a broken one stops start-up with the file and the problem."""
+    if not settings.templates_dir:
+        return None
+    try:
+        catalog = TemplateCatalog.load(Path(settings.templates_dir))
+    except TemplateLoadError as exc:
+        raise RuntimeError(f"templates_dir {settings.templates_dir}: {exc}") from exc
+    logger.info("%d template(s) from %s", len(catalog.templates()), settings.templates_dir)
+    return catalog
 
 
 def check_runs_dir(settings: Settings) -> None:

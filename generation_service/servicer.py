@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from generation_service.convert import run_to_proto, spec_from_proto, statuses_from_proto, to_proto
+from generation_service.convert import run_to_proto, spec_from_proto, statuses_from_proto, template_to_proto, to_proto
 from generation_service.errors import (
     BackendProtocolError,
     BackendUnavailable,
@@ -20,11 +20,13 @@ from generation_service.errors import (
     InvalidRequest,
     RequestConflict,
     RunNotFound,
+    TemplateNotFound,
     TooManyRuns,
     WorkflowRejected,
 )
 from generation_service.metrics import Metrics
 from generation_service.runner import Runner
+from generation_service.templating import TemplateRequestError
 from generation_service.v1 import generation_pb2 as pb
 from generation_service.v1 import generation_pb2_grpc as pb_grpc
 
@@ -34,6 +36,8 @@ STATUS_FOR_ERROR: dict[type[GenerationError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     WorkflowRejected: grpc.StatusCode.INVALID_ARGUMENT,
     RunNotFound: grpc.StatusCode.NOT_FOUND,
+    TemplateNotFound: grpc.StatusCode.NOT_FOUND,
+    TemplateRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     RequestConflict: grpc.StatusCode.FAILED_PRECONDITION,
     TooManyRuns: grpc.StatusCode.RESOURCE_EXHAUSTED,
     BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
@@ -85,6 +89,29 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
 
         return await _call(context, list_runs)
 
+    async def ListTemplates(self, request: pb.ListTemplatesRequest, context: Context) -> pb.ListTemplatesResponse:
+        async def list_templates() -> pb.ListTemplatesResponse:
+            catalog = self.runner.templates
+            if catalog is None:
+                return pb.ListTemplatesResponse()
+            catalog.reload()
+            return pb.ListTemplatesResponse(templates=[template_to_proto(t) for t in catalog.templates()])
+
+        return await _call(context, list_templates)
+
+    async def DescribeTemplate(self, request: pb.DescribeTemplateRequest, context: Context) -> pb.Template:
+        async def describe() -> pb.Template:
+            catalog = self.runner.templates
+            if catalog is None:
+                raise TemplateNotFound("this service has no templates (its templates_dir setting is empty)")
+            catalog.reload()
+            if not any(t.name == request.name for t in catalog.templates()):
+                known = ", ".join(t.name for t in catalog.templates()) or "none"
+                raise TemplateNotFound(f"no template {request.name!r}; known templates: {known}")
+            return template_to_proto(catalog.get(request.name))
+
+        return await _call(context, describe)
+
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.Run:
         reason = request.reason or "cancelled by CancelRun"
         return await _call(context, lambda: _as_proto(self.runner.cancel(request.run_id, reason)))
@@ -123,6 +150,12 @@ def _detail(exc: GenerationError) -> any_pb2.Any | None:
                     description=p.describe(),
                 )
                 for p in exc.problems
+            ]
+        )
+    elif isinstance(exc, TemplateRequestError):
+        message = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=p.field, description=p.message) for p in exc.problems
             ]
         )
     elif isinstance(exc, TooManyRuns):

@@ -37,6 +37,8 @@ HELP = {
     "media_signing_secret": "HMAC secret shared with the gateway: output URLs are signed and expire "
     "(set it through the environment)",
     "media_url_ttl_seconds": "how long a signed output URL stays valid",
+    "templates_dir": "folder of workflow templates (checked at start-up, reloaded on change); empty: none",
+    "max_input_media_bytes": "largest input media file a template request may carry",
     "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -72,6 +74,8 @@ class Settings:
     tls_client_ca_file: str = ""
     media_signing_secret: str = ""
     media_url_ttl_seconds: float = 86400.0
+    templates_dir: str = "templates"
+    max_input_media_bytes: int = 50 * 1024 * 1024
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -95,7 +99,8 @@ class Settings:
 
     def _check_numbers(self) -> None:
         for f in fields(self):
-            if (f.name.endswith("_seconds") or f.name == "max_runs_in_flight") and not getattr(self, f.name) > 0:
+            positive = f.name.endswith("_seconds") or f.name in ("max_runs_in_flight", "max_input_media_bytes")
+            if positive and not getattr(self, f.name) > 0:
                 raise ValueError(f"{f.name}: must be greater than 0, got {getattr(self, f.name)!r}")
         if self.backend_retries < 0:
             raise ValueError(f"backend_retries: must be 0 or more, got {self.backend_retries!r}")

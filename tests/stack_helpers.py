@@ -44,6 +44,7 @@ def service_settings(tmp_path: Path, gateway_url: str, **overrides: object) -> S
         "media_base_url": gateway_url,
         "history_poll_seconds": 0.2,
         "shutdown_grace_seconds": 1.0,
+        "templates_dir": str(REPO / "templates"),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

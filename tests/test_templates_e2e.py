@@ -1,4 +1,5 @@
-"""Shipped templates end to end: applied, sent as a raw workflow through the real service, run by the simulator."""
+"""Shipped templates end to end: Generate with a template and typed parameters through the real
+service, which fills in the workflow, uploads input media and runs it on the simulator."""
 
 from __future__ import annotations
 
@@ -11,28 +12,32 @@ import numpy as np
 import pytest
 
 from comfy_simulator.media import png_bytes
-from generation_service.templating import AppliedTemplate, TemplateCatalog, bind_uploads
 from generation_service.v1 import generation_pb2 as pb
-from runstore import RunStore, new_run_id
-from stack_helpers import REPO, Stack
+from runstore import RunStore
+from stack_helpers import Stack
 
 
-@pytest.fixture(scope="module")
-def catalog() -> TemplateCatalog:
-    return TemplateCatalog.load(REPO / "templates")
+def to_value(value: Any) -> pb.ParamValue:
+    if isinstance(value, bytes):
+        return pb.ParamValue(data=value)
+    if isinstance(value, bool):
+        return pb.ParamValue(flag=value)
+    if isinstance(value, int):
+        return pb.ParamValue(integer=value)
+    if isinstance(value, float):
+        return pb.ParamValue(number=value)
+    return pb.ParamValue(text=str(value))
 
 
-async def run(
-    stack: Stack, catalog: TemplateCatalog, name: str, params: dict[str, Any]
-) -> tuple[AppliedTemplate, list[pb.RunEvent]]:
-    applied = catalog.apply(name, params, run_id=new_run_id(), store=RunStore(stack.runs_dir))
-    backend = stack.service.runner.backend
-    names = [await backend.upload(u.read_bytes(), u.filename, u.subfolder) for u in applied.uploads]
-    graph = bind_uploads(applied.workflow, applied.uploads, names)
-    request = pb.GenerateRequest(workflow_json=json.dumps(graph), workflow_name=name)
+async def run(stack: Stack, name: str, params: dict[str, Any]) -> tuple[dict[str, Any], list[pb.RunEvent]]:
+    """Generate from a template; the run's metadata.json and its events."""
+    request = pb.GenerateRequest(template=name, params={k: to_value(v) for k, v in params.items()})
     events = [event async for event in stack.stub.Generate(request)]
     assert events[-1].WhichOneof("kind") == "completed", events[-1]
-    return applied, events
+    assert events[0].accepted.template == name
+    metadata = RunStore(stack.runs_dir).read_metadata(events[0].run_id)
+    assert metadata is not None and metadata["template"] == name
+    return metadata, events
 
 
 async def only_output(stack: Stack, events: list[pb.RunEvent], media_type: int, mime: str) -> bytes:
@@ -62,65 +67,68 @@ def steps_of(events: list[pb.RunEvent], node: str) -> list[tuple[int, int]]:
     ]
 
 
-async def test_weight_free_templates_and_a_run_reference(stack: Stack, catalog: TemplateCatalog) -> None:
-    _, image_run = await run(stack, catalog, "solid_image", {"width": "64", "height": 48, "color": 0xFF0000})
+async def test_weight_free_templates_and_a_run_reference(stack: Stack) -> None:
+    _, image_run = await run(stack, "solid_image", {"width": "64", "height": 48, "color": 0xFF0000})
     (image,) = frames(await only_output(stack, image_run, pb.MEDIA_TYPE_IMAGE, "image/png"))
     assert image.shape == (48, 64, 3) and tuple(image[0, 0]) == (255, 0, 0)
 
-    _, audio_run = await run(stack, catalog, "silent_audio", {"seconds": 1.5, "sample_rate": "22050"})
+    _, audio_run = await run(stack, "silent_audio", {"seconds": 1.5, "sample_rate": "22050"})
     mp3 = await only_output(stack, audio_run, pb.MEDIA_TYPE_AUDIO, "audio/mpeg")
     assert duration_s(mp3) == pytest.approx(1.5, abs=0.1)
 
-    _, video_run = await run(stack, catalog, "solid_video", {"width": 64, "height": 32, "frames": 12, "fps": 12})
+    _, video_run = await run(stack, "solid_video", {"width": 64, "height": 32, "frames": 12, "fps": 12})
     video = await only_output(stack, video_run, pb.MEDIA_TYPE_VIDEO, "video/mp4")
     assert len(frames(video)) == 12 and duration_s(video) == pytest.approx(1.0, abs=0.05)
 
     # blur_image takes the first run's PNG by reference: resolved through run storage, uploaded, loaded.
     reference = f"run:{image_run[0].run_id}/image/0"
-    applied, blur_run = await run(stack, catalog, "blur_image", {"image": reference, "radius": 2})
-    assert applied.values["image"] == reference
+    metadata, blur_run = await run(stack, "blur_image", {"image": reference, "radius": 2})
+    assert metadata["params"]["image"] == reference
     (blurred,) = frames(await only_output(stack, blur_run, pb.MEDIA_TYPE_IMAGE, "image/png"))
     assert blurred.shape == (48, 64, 3)
 
 
-async def test_ace_step_music_of_twelve_seconds(stack: Stack, catalog: TemplateCatalog) -> None:
+async def test_ace_step_music_of_twelve_seconds(stack: Stack) -> None:
     tags = 'lo-fi, "dusty" vinyl\nrain ☔, 80 bpm'
-    applied, events = await run(stack, catalog, "ace_step_instrumental", {"tags": tags, "seconds": "12", "steps": 4})
+    metadata, events = await run(stack, "ace_step_instrumental", {"tags": tags, "seconds": "12", "steps": 4})
     mp3 = await only_output(stack, events, pb.MEDIA_TYPE_AUDIO, "audio/mpeg")
     assert duration_s(mp3) == pytest.approx(12.0, abs=0.1)
     assert steps_of(events, "52") == [(i, 4) for i in range(1, 5)]
-    assert applied.seed is not None and applied.values["seed"] == applied.seed
+    seed = events[0].accepted.seeds["seed"]  # "random" by default: drawn, reported, recorded
+    assert metadata["params"]["seed"] == metadata["seeds"]["seed"] == seed
     record = json.loads((stack.runs_dir / events[0].run_id / "01_workflow.json").read_text())
-    assert record["14"]["inputs"]["tags"] == tags and record["52"]["inputs"]["seed"] == applied.seed
+    assert record["14"]["inputs"]["tags"] == tags and record["52"]["inputs"]["seed"] == seed
 
 
-async def test_sd35_image_of_the_requested_size_and_seed(stack: Stack, catalog: TemplateCatalog) -> None:
+async def test_sd35_image_of_the_requested_size_and_seed(stack: Stack) -> None:
     params = {"prompt": "a red fox", "width": 768, "height": 512, "steps": 2}
-    _, first = await run(stack, catalog, "sd35_text_to_image", {**params, "seed": 1})
-    _, second = await run(stack, catalog, "sd35_text_to_image", {**params, "seed": 2})
+    _, first = await run(stack, "sd35_text_to_image", {**params, "seed": 1})
+    _, second = await run(stack, "sd35_text_to_image", {**params, "seed": 2})
     (a,) = frames(await only_output(stack, first, pb.MEDIA_TYPE_IMAGE, "image/png"))
     (b,) = frames(await only_output(stack, second, pb.MEDIA_TYPE_IMAGE, "image/png"))
     assert a.shape == b.shape == (512, 768, 3)
     assert not np.array_equal(a, b)  # the seed reaches the sampler
 
 
-async def test_wan_video_lasts_frames_over_fps(stack: Stack, catalog: TemplateCatalog) -> None:
+async def test_wan_video_lasts_frames_over_fps(stack: Stack) -> None:
     params = {"prompt": "waves", "width": 96, "height": 64, "frames": 25, "fps": 12, "steps": 2}
-    _, events = await run(stack, catalog, "wan22_5b_text_to_video", params)
+    _, events = await run(stack, "wan22_5b_text_to_video", params)
     video = await only_output(stack, events, pb.MEDIA_TYPE_VIDEO, "video/mp4")
     decoded = frames(video)
     assert len(decoded) == 25 and decoded[0].shape == (64, 96, 3)
     assert duration_s(video) == pytest.approx(25 / 12, abs=0.05)
 
 
-async def test_img2img_with_an_uploaded_image(stack: Stack, catalog: TemplateCatalog) -> None:
+async def test_img2img_with_an_uploaded_image(stack: Stack) -> None:
     source = np.zeros((40, 56, 3), np.uint8)
     source[...] = (10, 200, 30)
     params: dict[str, Any] = {"image": png_bytes(source), "prompt": "keep it", "denoise": 0.0, "steps": 2}
-    applied, events = await run(stack, catalog, "sd35_image_to_image", params)
-    assert applied.uploads[0].filename == "image.png"
+    _, events = await run(stack, "sd35_image_to_image", params)
+    record = json.loads((stack.runs_dir / events[0].run_id / "01_workflow.json").read_text())
+    loads = [n["inputs"]["image"] for n in record.values() if n["class_type"] == "LoadImage"]
+    assert loads == [f"gensvc/{events[0].run_id}/image.png"]  # uploaded under a per-run name
     (kept,) = frames(await only_output(stack, events, pb.MEDIA_TYPE_IMAGE, "image/png"))
     assert kept.shape == (40, 56, 3) and tuple(kept[20, 28]) == (10, 200, 30)  # denoise 0 keeps the input
-    _, events = await run(stack, catalog, "sd35_image_to_image", {**params, "denoise": 1.0})
+    _, events = await run(stack, "sd35_image_to_image", {**params, "denoise": 1.0})
     (repainted,) = frames(await only_output(stack, events, pb.MEDIA_TYPE_IMAGE, "image/png"))
     assert repainted.shape == (40, 56, 3) and tuple(repainted[20, 28]) != (10, 200, 30)

@@ -163,11 +163,34 @@ Global___FailureCode: _TypeAlias = FailureCode  # noqa: Y015
 
 @_typing.final
 class GenerateRequest(_message.Message):
-    """What to run."""
+    """What to run: a raw workflow, or a named template with parameters."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___ParamValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___ParamValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     WORKFLOW_JSON_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
     WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
     INCLUDE_PREVIEWS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -179,6 +202,8 @@ class GenerateRequest(_message.Message):
     node id to {"class_type": str, "inputs": {...}, "_meta": {"title": str}?}. Every save node's
     `filename_prefix` is replaced by a per-run prefix, so results are never replayed from an older run.
     """
+    template: _builtins.str
+    """The name of a template (see ListTemplates); its parameters come from `params`."""
     workflow_name: _builtins.str
     """A short name for the workflow, recorded in the run's metadata.json (`workflow`). Optional."""
     include_previews: _builtins.bool
@@ -192,6 +217,13 @@ class GenerateRequest(_message.Message):
     """
     on_disconnect: Global___DisconnectPolicy.ValueType
     """What a cancelled Generate call does to its run. Ignored by Submit."""
+    @_builtins.property
+    def params(self) -> _containers.MessageMap[_builtins.str, Global___ParamValue]:
+        """Template parameters by name (only with `template`). Every problem (unknown, missing, mistyped or
+        out-of-range parameter) is reported at once, as INVALID_ARGUMENT with a BadRequest field
+        violation `params.<name>` per problem. Parameters left out take their defaults.
+        """
+
     @_builtins.property
     def queue_timeout(self) -> _duration_pb2.Duration:
         """Longest time the run may wait in the backend's queue; unset: the service default (generous,
@@ -207,6 +239,8 @@ class GenerateRequest(_message.Message):
         self,
         *,
         workflow_json: _builtins.str = ...,
+        template: _builtins.str = ...,
+        params: _abc.Mapping[_builtins.str, Global___ParamValue] | None = ...,
         workflow_name: _builtins.str = ...,
         include_previews: _builtins.bool = ...,
         request_id: _builtins.str = ...,
@@ -214,13 +248,214 @@ class GenerateRequest(_message.Message):
         queue_timeout: _duration_pb2.Duration | None = ...,
         execution_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "queue_timeout", b"queue_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "queue_timeout", b"queue_timeout", "source", b"source", "template", b"template", "workflow_json", b"workflow_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "include_previews", b"include_previews", "on_disconnect", b"on_disconnect", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "include_previews", b"include_previews", "on_disconnect", b"on_disconnect", "params", b"params", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "source", b"source", "template", b"template", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["workflow_json", "template"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class ParamValue(_message.Message):
+    """A template parameter's value. `text` is parsed by the parameter's type: "12" for an int, "true" for
+    a bool, "random" for a seed (a seed is drawn and reported in `accepted`), a choice for an enum.
+    Media parameters (image, audio, video) take `data` (the file's bytes, up to the service's limit)
+    or `text` "run:<run_id>/<image|audio|video>[/<index>]" naming an earlier run's output.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    INTEGER_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    FLAG_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    integer: _builtins.int
+    number: _builtins.float
+    flag: _builtins.bool
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        integer: _builtins.int = ...,
+        number: _builtins.float = ...,
+        flag: _builtins.bool = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "flag", b"flag", "integer", b"integer", "kind", b"kind", "number", b"number", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "flag", b"flag", "integer", b"integer", "kind", b"kind", "number", b"number", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "integer", "number", "flag", "data"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___ParamValue: _TypeAlias = ParamValue  # noqa: Y015
+
+@_typing.final
+class ListTemplatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
+
+@_typing.final
+class ListTemplatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]:
+        """By name."""
+
+    def __init__(
+        self,
+        *,
+        templates: _abc.Iterable[Global___Template] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
+
+@_typing.final
+class DescribeTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeTemplateRequest: _TypeAlias = DescribeTemplateRequest  # noqa: Y015
+
+@_typing.final
+class Template(_message.Message):
+    """A workflow template: an API-format workflow whose inputs are set by typed parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    MEDIA_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    media: Global___MediaType.ValueType
+    """The kind of media its runs produce."""
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TemplateParameter]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        media: Global___MediaType.ValueType = ...,
+        parameters: _abc.Iterable[Global___TemplateParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "media", b"media", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Template: _TypeAlias = Template  # noqa: Y015
+
+@_typing.final
+class TemplateParameter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    DEFAULT_VALUE_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    """string, int, float, bool, seed, enum, image, audio or video."""
+    description: _builtins.str
+    required: _builtins.bool
+    """True when the parameter has no default and must be sent."""
+    min: _builtins.float
+    """Inclusive bounds of int, float and seed values."""
+    max: _builtins.float
+    step: _builtins.int
+    """Int values count from `min` in steps of this size."""
+    max_length: _builtins.int
+    """The longest string accepted, in characters."""
+    @_builtins.property
+    def default_value(self) -> Global___ParamValue:
+        """The default, when there is one ("random" text for a seed drawn per run)."""
+
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParamValue]:
+        """The values an enum takes."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        description: _builtins.str = ...,
+        required: _builtins.bool = ...,
+        default_value: Global___ParamValue | None = ...,
+        min: _builtins.float | None = ...,
+        max: _builtins.float | None = ...,
+        step: _builtins.int | None = ...,
+        choices: _abc.Iterable[Global___ParamValue] | None = ...,
+        max_length: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_max_length", b"_max_length", "_min", b"_min", "_step", b"_step", "default_value", b"default_value", "max", b"max", "max_length", b"max_length", "min", b"min", "step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_max_length", b"_max_length", "_min", b"_min", "_step", b"_step", "choices", b"choices", "default_value", b"default_value", "description", b"description", "max", b"max", "max_length", b"max_length", "min", b"min", "name", b"name", "required", b"required", "step", b"step", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__max_length: _TypeAlias = _typing.Literal["max_length"]  # noqa: Y015
+    _WhichOneofArgType__max_length: _TypeAlias = _typing.Literal["_max_length", b"_max_length"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    _WhichOneofReturnType__step: _TypeAlias = _typing.Literal["step"]  # noqa: Y015
+    _WhichOneofArgType__step: _TypeAlias = _typing.Literal["_step", b"_step"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_length) -> _WhichOneofReturnType__max_length | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__step) -> _WhichOneofReturnType__step | None: ...
+
+Global___TemplateParameter: _TypeAlias = TemplateParameter  # noqa: Y015
 
 @_typing.final
 class WatchRunRequest(_message.Message):
@@ -350,6 +585,26 @@ class Run(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RUN_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     PROMPT_ID_FIELD_NUMBER: _builtins.int
@@ -364,6 +619,8 @@ class Run(_message.Message):
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     status: Global___RunStatus.ValueType
     prompt_id: _builtins.str
@@ -378,6 +635,8 @@ class Run(_message.Message):
     """The seq of the run's latest event (WatchRun with this after_seq waits for the next one)."""
     request_id: _builtins.str
     """The request_id it was submitted with, if any."""
+    template: _builtins.str
+    """The template it was made from, if any."""
     @_builtins.property
     def created(self) -> _timestamp_pb2.Timestamp:
         """When the run was accepted."""
@@ -402,6 +661,10 @@ class Run(_message.Message):
     def failure(self) -> Global___Failed:
         """Why it failed; set only when status is FAILED."""
 
+    @_builtins.property
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The effective template parameters (defaults and drawn seeds included), as JSON text by name."""
+
     def __init__(
         self,
         *,
@@ -419,10 +682,12 @@ class Run(_message.Message):
         cancel_reason: _builtins.str = ...,
         last_seq: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        template: _builtins.str = ...,
+        params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "execution", b"execution", "failure", b"failure", "finished", b"finished", "queue_wait", b"queue_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cancel_reason", b"cancel_reason", "created", b"created", "execution", b"execution", "failure", b"failure", "finished", b"finished", "last_seq", b"last_seq", "outputs", b"outputs", "prompt_id", b"prompt_id", "queue_wait", b"queue_wait", "request_id", b"request_id", "run_id", b"run_id", "status", b"status", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cancel_reason", b"cancel_reason", "created", b"created", "execution", b"execution", "failure", b"failure", "finished", b"finished", "last_seq", b"last_seq", "outputs", b"outputs", "params", b"params", "prompt_id", b"prompt_id", "queue_wait", b"queue_wait", "request_id", b"request_id", "run_id", b"run_id", "status", b"status", "template", b"template", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -510,25 +775,55 @@ class Accepted(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class SeedsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROMPT_ID_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    SEEDS_FIELD_NUMBER: _builtins.int
     prompt_id: _builtins.str
     """The ComfyUI prompt id of this run (chosen by the service; a lowercase hyphenated UUID)."""
     backend: _builtins.str
     """The backend running it: its base URL with any credentials removed."""
     workflow_name: _builtins.str
     """The workflow name from the request, if any."""
+    template: _builtins.str
+    """The template, when the run was made from one."""
+    @_builtins.property
+    def seeds(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The value of every seed parameter (drawn ones included), by parameter name."""
+
     def __init__(
         self,
         *,
         prompt_id: _builtins.str = ...,
         backend: _builtins.str = ...,
         workflow_name: _builtins.str = ...,
+        template: _builtins.str = ...,
+        seeds: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "prompt_id", b"prompt_id", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "prompt_id", b"prompt_id", "seeds", b"seeds", "template", b"template", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

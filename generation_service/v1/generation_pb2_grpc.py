@@ -65,6 +65,16 @@ class GenerationServiceStub:
                 request_serializer=generation__service_dot_v1_dot_generation__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=generation__service_dot_v1_dot_generation__pb2.Run.FromString,
                 _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/generation_service.v1.GenerationService/ListTemplates',
+                request_serializer=generation__service_dot_v1_dot_generation__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=generation__service_dot_v1_dot_generation__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
+        self.DescribeTemplate = channel.unary_unary(
+                '/generation_service.v1.GenerationService/DescribeTemplate',
+                request_serializer=generation__service_dot_v1_dot_generation__pb2.DescribeTemplateRequest.SerializeToString,
+                response_deserializer=generation__service_dot_v1_dot_generation__pb2.Template.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -120,6 +130,21 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTemplates(self, request, context):
+        """The workflow templates in service, with their parameters. Templates dropped into the service's
+        template folder are picked up by the next call, without a restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeTemplate(self, request, context):
+        """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +177,16 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=generation__service_dot_v1_dot_generation__pb2.CancelRunRequest.FromString,
                     response_serializer=generation__service_dot_v1_dot_generation__pb2.Run.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=generation__service_dot_v1_dot_generation__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'DescribeTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeTemplate,
+                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.DescribeTemplateRequest.FromString,
+                    response_serializer=generation__service_dot_v1_dot_generation__pb2.Template.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +352,60 @@ class GenerationService:
             '/generation_service.v1.GenerationService/CancelRun',
             generation__service_dot_v1_dot_generation__pb2.CancelRunRequest.SerializeToString,
             generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/generation_service.v1.GenerationService/ListTemplates',
+            generation__service_dot_v1_dot_generation__pb2.ListTemplatesRequest.SerializeToString,
+            generation__service_dot_v1_dot_generation__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/generation_service.v1.GenerationService/DescribeTemplate',
+            generation__service_dot_v1_dot_generation__pb2.DescribeTemplateRequest.SerializeToString,
+            generation__service_dot_v1_dot_generation__pb2.Template.FromString,
             options,
             channel_credentials,
             insecure,

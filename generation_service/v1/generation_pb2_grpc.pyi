@@ -70,6 +70,12 @@ class GenerationServiceStub:
     """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
     Returns once the run has ended (the backend confirmed, or the confirmation timed out).
     """
+    ListTemplates: _grpc.UnaryUnaryMultiCallable[_generation_pb2.ListTemplatesRequest, _generation_pb2.ListTemplatesResponse]
+    """The workflow templates in service, with their parameters. Templates dropped into the service's
+    template folder are picked up by the next call, without a restart.
+    """
+    DescribeTemplate: _grpc.UnaryUnaryMultiCallable[_generation_pb2.DescribeTemplateRequest, _generation_pb2.Template]
+    """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown."""
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -99,6 +105,12 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
     Returns once the run has ended (the backend confirmed, or the confirmation timed out).
     """
+    ListTemplates: _aio.UnaryUnaryMultiCallable[_generation_pb2.ListTemplatesRequest, _generation_pb2.ListTemplatesResponse]  # type: ignore[assignment]
+    """The workflow templates in service, with their parameters. Templates dropped into the service's
+    template folder are picked up by the next call, without a restart.
+    """
+    DescribeTemplate: _aio.UnaryUnaryMultiCallable[_generation_pb2.DescribeTemplateRequest, _generation_pb2.Template]  # type: ignore[assignment]
+    """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown."""
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs ComfyUI workflows and streams what happens to them."""
@@ -161,5 +173,23 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
         Returns once the run has ended (the backend confirmed, or the confirmation timed out).
         """
+
+    @_abc_1.abstractmethod
+    def ListTemplates(
+        self,
+        request: _generation_pb2.ListTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.ListTemplatesResponse, _abc.Awaitable[_generation_pb2.ListTemplatesResponse]]:
+        """The workflow templates in service, with their parameters. Templates dropped into the service's
+        template folder are picked up by the next call, without a restart.
+        """
+
+    @_abc_1.abstractmethod
+    def DescribeTemplate(
+        self,
+        request: _generation_pb2.DescribeTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.Template, _abc.Awaitable[_generation_pb2.Template]]:
+        """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown."""
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,116 @@
+"""Templates through the gRPC API: listing, describing, parameter errors, folder changes, start-up checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from generation_service.server import running_service
+from generation_service.v1 import generation_pb2 as pb
+from stack_helpers import REPO, Stack, StackFactory, service_settings
+
+SHIPPED = {
+    "ace_step_instrumental",
+    "blur_image",
+    "sd35_image_to_image",
+    "sd35_text_to_image",
+    "silent_audio",
+    "solid_image",
+    "solid_video",
+    "wan22_5b_text_to_video",
+}
+
+
+def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    details = dict(error.trailing_metadata() or ())["grpc-status-details-bin"]
+    assert isinstance(details, bytes)
+    bad = error_details_pb2.BadRequest()
+    assert status_pb2.Status.FromString(details).details[0].Unpack(bad)
+    return {v.field: v.description for v in bad.field_violations}
+
+
+async def test_list_and_describe_templates(stack: Stack) -> None:
+    listed = await stack.stub.ListTemplates(pb.ListTemplatesRequest())
+    assert {t.name for t in listed.templates} == SHIPPED
+    ace = await stack.stub.DescribeTemplate(pb.DescribeTemplateRequest(name="ace_step_instrumental"))
+    assert ace.media == pb.MEDIA_TYPE_AUDIO and ace.description
+    params = {p.name: p for p in ace.parameters}
+    seconds = params["seconds"]
+    assert (seconds.type, seconds.required, seconds.min, seconds.max) == ("float", False, 1.0, 240.0)
+    assert seconds.default_value.number == 30.0
+    assert params["seed"].type == "seed" and params["seed"].default_value.text == "random"
+    sd = await stack.stub.DescribeTemplate(pb.DescribeTemplateRequest(name="sd35_text_to_image"))
+    assert {p.name for p in sd.parameters if p.required} == {"prompt"}
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.stub.DescribeTemplate(pb.DescribeTemplateRequest(name="nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "ace_step_instrumental" in str(info.value.details())
+
+
+async def test_every_parameter_problem_is_reported_at_once(stack: Stack) -> None:
+    request = pb.GenerateRequest(
+        template="sd35_text_to_image",
+        params={
+            "width": pb.ParamValue(text="wide"),
+            "steps": pb.ParamValue(integer=100000),
+            "colour": pb.ParamValue(text="red"),
+        },
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.stub.Generate(request).read()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = violations(info.value)
+    assert set(fields) == {"params.width", "params.steps", "params.colour", "params.prompt"}
+    assert "wide" in fields["params.width"] and "maximum" in fields["params.steps"]
+    assert list(stack.runs_dir.iterdir()) == []  # nothing was recorded or submitted
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.stub.Submit(pb.GenerateRequest(template="no_such_template"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown template" in str(info.value.details())
+
+    raw = json.dumps({"1": {"class_type": "EmptyImage", "inputs": {}}})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.stub.Submit(pb.GenerateRequest(workflow_json=raw, params={"x": pb.ParamValue(text="1")}))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "go with a template" in str(info.value.details())
+
+
+async def test_media_over_the_limit_is_refused(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(max_input_media_bytes=1024)
+    request = pb.GenerateRequest(template="blur_image", params={"image": pb.ParamValue(data=b"\x89PNG" + b"0" * 4096)})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.stub.Generate(request).read()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "params.image" in violations(info.value)
+
+
+async def test_templates_dropped_into_the_folder_are_served_without_restart(
+    stack_factory: StackFactory, tmp_path: Path
+) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    stack = await stack_factory(templates_dir=str(folder))
+    assert list((await stack.stub.ListTemplates(pb.ListTemplatesRequest())).templates) == []
+    for name in ("solid_image.template.json", "solid_image.workflow.json"):
+        shutil.copy(REPO / "templates" / name, folder / name)
+    assert [t.name for t in (await stack.stub.ListTemplates(pb.ListTemplatesRequest())).templates] == ["solid_image"]
+    events = [e async for e in stack.stub.Generate(pb.GenerateRequest(template="solid_image"))]
+    assert events[-1].HasField("completed")
+
+
+async def test_a_broken_template_stops_start_up_naming_file_and_problem(tmp_path: Path, simulator) -> None:
+    folder = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", folder)
+    manifest = json.loads((folder / "sd35_text_to_image.template.json").read_text())
+    manifest["parameters"]["prompt"]["targets"] = [{"node": "999", "input": "text"}]
+    (folder / "sd35_text_to_image.template.json").write_text(json.dumps(manifest))
+    settings = service_settings(
+        tmp_path, "http://127.0.0.1:1", backend_url=simulator.comfy_url, templates_dir=str(folder)
+    )
+    with pytest.raises(RuntimeError) as info:
+        async with running_service(settings):
+            pass
+    assert "sd35_text_to_image.template.json" in str(info.value) and "999" in str(info.value)
