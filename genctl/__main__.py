@@ -1,9 +1,13 @@
-"""genctl: the command-line client of the generation service.
+"""genctl: the command-line client of the generation service, built on generation_client.
 
-    genctl generate WORKFLOW.json --server HOST:PORT [--json]
+    genctl generate WORKFLOW.json [--json]                 run a workflow, follow it live
+    genctl generate --template NAME --param k=v ... [--input name=FILE]
+    genctl submit ... / watch RUN_ID / get RUN_ID / list / cancel RUN_ID
+    genctl templates / describe NAME
 
 People get a live progress line on stderr and the output URLs on stdout; scripts get one JSON object
-per event on stdout with --json. The exit status is 0 only when the run completed.
+per event (or per result) on stdout with --json. Exit status: 0 when the run completed (or the
+command succeeded), 1 when the run failed or was cancelled, 2 for a refused request or a usage error.
 """
 
 from __future__ import annotations
@@ -13,146 +17,219 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import grpc
-from google.protobuf import json_format
-
+from genctl.output import ProgressView, event_to_json, message_to_json
+from generation_client import AsyncGenerationClient, GenerationClientError, event_kind
+from generation_client.requests import Param
 from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
 
-def event_to_json(event: pb.RunEvent) -> dict[str, Any]:
-    """A flat JSON object: run_id, seq, time, type, then the event's fields (outputs' fields at top level)."""
-    kind = event.WhichOneof("kind") or ""
-    body = (
-        json_format.MessageToDict(
-            getattr(event, kind), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
-        if kind
-        else {}
-    )
-    if kind == "output_ready":
-        body = body.pop("output")
-    for output in [body, *body.get("outputs", [])] if kind in ("output_ready", "completed") else []:
-        if "media_type" in output:
-            output["media_type"] = output["media_type"].removeprefix("MEDIA_TYPE_").lower()
-    if kind == "failed":
-        body["code"] = body["code"].removeprefix("FAILURE_CODE_").lower()
-    return {"run_id": event.run_id, "seq": event.seq, "time": event.time.ToJsonString(), "type": kind, **body}
+class UsageError(Exception):
+    pass
 
 
-class ProgressView:
-    """Human output: one rewritten status line on a terminal, plain lines otherwise."""
-
-    def __init__(self, err: TextIO, out: TextIO) -> None:
-        self.err, self.out = err, out
-        self.live = err.isatty()
-        self.node = ""
-
-    def show(self, event: pb.RunEvent) -> None:
-        kind = event.WhichOneof("kind")
-        if kind is not None:
-            getattr(self, f"_{kind}")(event)
-
-    def _accepted(self, event: pb.RunEvent) -> None:
-        self._line(f"run {event.run_id} accepted (prompt {event.accepted.prompt_id})", final=True)
-
-    def _queued(self, event: pb.RunEvent) -> None:
-        self._line(f"queued, {event.queued.position} ahead")
-
-    def _started(self, event: pb.RunEvent) -> None:
-        self._line("started")
-
-    def _node_started(self, event: pb.RunEvent) -> None:
-        node = event.node_started
-        self.node = node.title or node.class_type
-        self._line(f"node {node.node_id} {self.node}")
-
-    def _node_progress(self, event: pb.RunEvent) -> None:
-        p = event.node_progress
-        width = 30
-        done = int(width * p.value / p.max) if p.max else 0
-        self._line(f"node {p.node_id} {self.node} [{'#' * done}{'.' * (width - done)}] {p.value}/{p.max}")
-
-    def _nodes_cached(self, event: pb.RunEvent) -> None:
-        self._line(f"cached: node {', '.join(event.nodes_cached.node_ids)}")
-
-    def _output_ready(self, event: pb.RunEvent) -> None:
-        o = event.output_ready.output
-        self._line(f"output {o.filename} ({o.mime}, {o.size_bytes} bytes)", final=True)
-
-    def _completed(self, event: pb.RunEvent) -> None:
-        c = event.completed
-        self._line(
-            f"completed in {c.execution.ToTimedelta().total_seconds():.2f} s "
-            f"(queued {c.queue_wait.ToTimedelta().total_seconds():.2f} s)",
-            final=True,
-        )
-        for o in c.outputs:
-            print(o.url, file=self.out)
-
-    def _failed(self, event: pb.RunEvent) -> None:
-        f = event.failed
-        where = f" in node {f.node_id} ({f.node_type})" if f.node_id else ""
-        self._line(f"FAILED{where}: {f.message}", final=True)
-
-    def _cancelled(self, event: pb.RunEvent) -> None:
-        self._line(f"cancelled: {event.cancelled.reason}", final=True)
-
-    def _line(self, text: str, final: bool = False) -> None:
-        if self.live:
-            self.err.write("\r\x1b[2K" + text + ("\n" if final else ""))
-        else:
-            self.err.write(text + "\n")
-        self.err.flush()
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """generate/submit arguments as client keyword arguments."""
+    if bool(args.workflow) == bool(args.template):
+        raise UsageError("give a WORKFLOW file or --template NAME (not both)")
+    params: dict[str, Param] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param {item!r}: write it as name=value")
+        params[key] = value
+    for item in args.input:
+        key, sep, value = item.partition("=")
+        path = Path(value)
+        if not sep or not key or not path.is_file():
+            raise UsageError(f"--input {item!r}: write it as name=FILE with an existing file")
+        params[key] = path
+    if params and not args.template:
+        raise UsageError("--param and --input go with --template")
+    workflow: Path | None = None
+    if args.workflow:
+        workflow = Path(args.workflow)
+        if not workflow.is_file():
+            raise UsageError(f"cannot read {args.workflow}: no such file")
+    return {
+        "workflow": workflow,
+        "template": args.template,
+        "params": params,
+        "name": args.name,
+        "request_id": args.request_id,
+        "include_previews": args.previews,
+        "detach": args.detach,
+    }
 
 
-async def generate(args: argparse.Namespace) -> int:
-    try:
-        workflow = Path(args.workflow).read_text()
-    except OSError as exc:
-        print(f"genctl: cannot read {args.workflow}: {exc.strerror}", file=sys.stderr)
-        return EXIT_ERROR
-    request = pb.GenerateRequest(
-        workflow_json=workflow, workflow_name=args.name or Path(args.workflow).stem, include_previews=args.previews
-    )
+async def follow(events: AsyncIterator[pb.RunEvent], as_json: bool) -> int:
     view = ProgressView(sys.stderr, sys.stdout)
     last = ""
-    async with grpc.aio.insecure_channel(args.server) as channel:
-        stub = pb_grpc.GenerationServiceStub(channel)
-        try:
-            async for event in stub.Generate(request):
-                last = event.WhichOneof("kind") or ""
-                if args.json:
-                    print(json.dumps(event_to_json(event)), flush=True)
-                else:
-                    view.show(event)
-        except grpc.aio.AioRpcError as exc:
-            print(f"genctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return EXIT_ERROR
+    async for event in events:
+        last = event_kind(event)
+        if as_json:
+            print(json.dumps(event_to_json(event)), flush=True)
+        else:
+            view.show(event)
     return EXIT_COMPLETED if last == "completed" else EXIT_FAILED
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="genctl", description="Client of the generation service.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="run an API-format workflow and follow its progress")
-    gen.add_argument("workflow", help="a ComfyUI workflow exported with 'Save (API)'")
-    gen.add_argument(
+def print_json(data: Any) -> int:
+    print(json.dumps(data, indent=2))
+    return EXIT_COMPLETED
+
+
+async def cmd_generate(client: AsyncGenerationClient, args: argparse.Namespace) -> int:
+    return await follow(client.generate(**run_options(args)), args.json)
+
+
+async def cmd_submit(client: AsyncGenerationClient, args: argparse.Namespace) -> int:
+    return print_json(message_to_json(await client.submit(**run_options(args))))
+
+
+async def cmd_watch(client: AsyncGenerationClient, args: argparse.Namespace) -> int:
+    return await follow(client.watch(args.run_id, args.after_seq), args.json)
+
+
+async def cmd_get(client: AsyncGenerationClient, args: argparse.Namespace) -> int:
+    return print_json(message_to_json(await client.get(args.run_id)))
+
+
+async def cmd_cancel(client: AsyncGenerationClient, args: argparse.Namespace) -> int:
+    return print_json(message_to_json(await client.cancel(args.run_id, args.reason)))
+
+
+async def cmd_list(client: AsyncGenerationClient, args: argparse.Namespace) -> int:
+    statuses = [pb.RunStatus.Value(f"RUN_STATUS_{s.upper()}") for s in args.status]
+    found: list[dict[str, Any]] = []
+    async for run in client.runs(statuses):
+        if len(found) == args.limit:
+            break
+        found.append(message_to_json(run))
+    return print_json(found)
+
+
+async def cmd_templates(client: AsyncGenerationClient, args: argparse.Namespace) -> int:
+    templates = await client.templates()
+    if args.json:
+        return print_json([message_to_json(t) for t in templates])
+    for t in templates:
+        print(f"{t.name:<28} {pb.MediaType.Name(t.media).removeprefix('MEDIA_TYPE_').lower():<6} {t.description}")
+    return EXIT_COMPLETED
+
+
+async def cmd_describe(client: AsyncGenerationClient, args: argparse.Namespace) -> int:
+    return print_json(message_to_json(await client.describe(args.name)))
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "submit": cmd_submit,
+    "watch": cmd_watch,
+    "get": cmd_get,
+    "cancel": cmd_cancel,
+    "list": cmd_list,
+    "templates": cmd_templates,
+    "describe": cmd_describe,
+}
+
+
+def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--server, --token, --tls, --tls-ca: accepted before and after the command."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS  # after the command: only when given
+
+    parser.add_argument(
         "--server",
-        default=os.environ.get("GENCTL_SERVER", "127.0.0.1:50051"),
-        help="HOST:PORT of the generation service (env GENCTL_SERVER; default %(default)s)",
+        default=default(os.environ.get("GENCTL_SERVER", "127.0.0.1:50051")),
+        help="HOST:PORT of the service (env GENCTL_SERVER; default 127.0.0.1:50051)",
     )
-    gen.add_argument("--json", action="store_true", help="print one JSON object per event on stdout")
-    gen.add_argument("--name", default="", help="workflow name to record (default: the file's name)")
-    gen.add_argument("--previews", action="store_true", help="also store temporary preview outputs")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--token",
+        default=default(os.environ.get("GENCTL_TOKEN")),
+        help="bearer token (env GENCTL_TOKEN; prefer the variable: flags show in ps)",
+    )
+    parser.add_argument(
+        "--tls", action="store_true", default=default(False), help="connect with TLS (system CAs unless --tls-ca)"
+    )
+    parser.add_argument(
+        "--tls-ca", type=Path, default=default(None), help="PEM file of the CA that signed the service's certificate"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="genctl", description="Client of the generation service.")
+    _connection_options(top, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, defaults=False)
+    commands = top.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("generate", "run a workflow or template and follow it live"),
+        ("submit", "start a run and print it at once"),
+    ):
+        cmd = commands.add_parser(name, help=text, parents=[common])
+        cmd.add_argument("workflow", nargs="?", help="a ComfyUI workflow exported with 'Save (API)'")
+        cmd.add_argument("--template", default="", help="a template name (see 'genctl templates')")
+        cmd.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a template parameter")
+        cmd.add_argument(
+            "--input",
+            action="append",
+            default=[],
+            metavar="NAME=FILE",
+            help="a media parameter from a file (image, audio or video)",
+        )
+        cmd.add_argument("--name", default="", help="workflow name to record (default: the file's name)")
+        cmd.add_argument("--request-id", default="", help="makes retries return the same run")
+        cmd.add_argument("--previews", action="store_true", help="also store temporary preview outputs")
+        cmd.add_argument("--detach", action="store_true", help="let the run finish if genctl is interrupted")
+        cmd.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+    watch = commands.add_parser("watch", help="follow a run's events (past ones first)", parents=[common])
+    watch.add_argument("run_id")
+    watch.add_argument("--after-seq", type=int, default=0, help="skip events up to this seq")
+    watch.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+    commands.add_parser("get", help="print a run", parents=[common]).add_argument("run_id")
+    cancel = commands.add_parser("cancel", help="cancel a run (idempotent)", parents=[common])
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason", default="", help="recorded in the run's cancelled event")
+    runs = commands.add_parser("list", help="print runs, newest first", parents=[common])
+    runs.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        choices=["accepted", "queued", "running", "completed", "failed", "cancelled"],
+    )
+    runs.add_argument("--limit", type=int, default=50, help="at most this many runs (default %(default)s)")
+    templates = commands.add_parser("templates", help="list the templates in service", parents=[common])
+    templates.add_argument("--json", action="store_true", help="print them as JSON, with parameters")
+    commands.add_parser("describe", help="print a template's parameters", parents=[common]).add_argument("name")
+    return top
+
+
+async def amain(args: argparse.Namespace) -> int:
+    ca_pem = args.tls_ca.read_bytes() if args.tls_ca else None
+    async with AsyncGenerationClient(args.server, token=args.token, tls=args.tls, ca_pem=ca_pem) as client:
+        try:
+            return await COMMANDS[args.command](client, args)
+        except GenerationClientError as exc:
+            print(f"genctl: {exc}", file=sys.stderr)
+            for field, problem in exc.violations.items():
+                print(f"  {field}: {problem}", file=sys.stderr)
+            return EXIT_ERROR
+        except UsageError as exc:
+            print(f"genctl: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     try:
-        sys.exit(asyncio.run(generate(args)))
+        sys.exit(asyncio.run(amain(args)))
     except KeyboardInterrupt:
         sys.exit(130)
 
