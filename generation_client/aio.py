@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -59,7 +59,7 @@ class AsyncGenerationClient:
         template: str = "",
         params: Mapping[str, Param] | None = None,
         **options: Any,
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncGenerator[pb.RunEvent, None]:
         """Run a workflow (or a template with params) and yield its events until the terminal one.
 
         ``options``: name, request_id, include_previews, detach, queue_timeout, execution_timeout (s).
@@ -81,7 +81,7 @@ class AsyncGenerationClient:
         request = generate_request(workflow, template=template, params=params, **options)
         return await self._unary(self._stub.Submit(request, metadata=self._metadata))
 
-    async def watch(self, run_id: str, after_seq: int = 0) -> AsyncIterator[pb.RunEvent]:
+    async def watch(self, run_id: str, after_seq: int = 0) -> AsyncGenerator[pb.RunEvent, None]:
         """A run's events after ``after_seq`` (replayed, then live) until its terminal event."""
         call = self._stub.WatchRun(pb.WatchRunRequest(run_id=run_id, after_seq=after_seq), metadata=self._metadata)
         async for event in self._stream(call):
@@ -92,7 +92,7 @@ class AsyncGenerationClient:
 
     async def runs(
         self, statuses: Iterable[pb.RunStatus.ValueType] = (), page_size: int = 100
-    ) -> AsyncIterator[pb.Run]:
+    ) -> AsyncGenerator[pb.Run, None]:
         """Every run, newest first (pages are fetched as the loop goes)."""
         token = ""
         while True:
@@ -124,7 +124,7 @@ class AsyncGenerationClient:
             raise translate(exc) from exc
 
     @staticmethod
-    async def _stream(call: Any) -> AsyncIterator[pb.RunEvent]:
+    async def _stream(call: Any) -> AsyncGenerator[pb.RunEvent, None]:
         try:
             async for event in call:
                 yield event

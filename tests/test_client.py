@@ -19,6 +19,7 @@ from generation_client import (
     GenerationClient,
     InvalidRequestError,
     NotFoundError,
+    Param,
     event_kind,
     messages,
 )
@@ -54,7 +55,7 @@ async def test_templates_with_media_from_a_file(client: AsyncGenerationClient, t
     assert {p.name for p in described.parameters if p.required} == {"image", "prompt"}
     picture = tmp_path / "in.png"
     picture.write_bytes(png_bytes(np.full((32, 48, 3), 200, np.uint8)))
-    params = {"image": picture, "prompt": "a cat", "denoise": 0.5, "steps": 2, "seed": 7}
+    params: dict[str, Param] = {"image": picture, "prompt": "a cat", "denoise": 0.5, "steps": 2, "seed": 7}
     events = [e async for e in client.generate(template="sd35_image_to_image", params=params)]
     assert event_kind(events[-1]) == "completed" and events[0].accepted.seeds["seed"] == 7
 
