@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import socket
 import subprocess
@@ -22,11 +23,22 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genctl.output import ProgressView
+from generation_client import AsyncGenerationClient
 from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOWS = ["image.json", "audio.json", "video.json"]
+JOBS: list[tuple[str, dict[str, Any]]] = [
+    ("image workflow", {"workflow": REPO / "workflows" / "image.json"}),
+    ("audio workflow", {"workflow": REPO / "workflows" / "audio.json"}),
+    ("video workflow", {"workflow": REPO / "workflows" / "video.json"}),
+    (
+        "template ace_step_instrumental: 12 s of music",
+        {
+            "template": "ace_step_instrumental",
+            "params": {"tags": 'calm piano, "rainy" evening', "seconds": 12, "steps": 10},
+        },
+    ),
+]
 READY_TIMEOUT_S = 60.0
 
 Started = list[tuple[str, "subprocess.Popen[bytes]", Path]]
@@ -91,17 +103,17 @@ def grpc_serving(target: str) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def run_workflow(target: str, path: Path) -> list[pb.Output]:
-    view = ProgressView(sys.stderr, sys.stdout)
-    request = pb.GenerateRequest(workflow_json=path.read_text(), workflow_name=path.stem)
+async def run_job(target: str, options: dict[str, Any]) -> tuple[str, list[pb.Output]]:
+    """One run through the client library, with live progress; its run id and outputs."""
+    view = ProgressView(sys.stderr, io.StringIO())  # the URLs are printed once checked
     last = None
-    async with grpc.aio.insecure_channel(target) as channel:
-        async for event in pb_grpc.GenerationServiceStub(channel).Generate(request):
+    async with AsyncGenerationClient(target) as client:
+        async for event in client.generate(**options):
             view.show(event)
             last = event
     if last is None or not last.HasField("completed"):
-        raise RuntimeError(f"{path.name} did not complete")
-    return list(last.completed.outputs)
+        raise RuntimeError("the run did not complete")
+    return last.run_id, list(last.completed.outputs)
 
 
 def check_output(output: pb.Output) -> None:
@@ -147,12 +159,12 @@ def main() -> int:
                 "service": lambda: grpc_serving(target),
             },
         )
-        for name in WORKFLOWS:
-            print(f"== {name}", file=sys.stderr)
-            outputs = asyncio.run(run_workflow(target, REPO / "workflows" / name))
+        for title, options in JOBS:
+            print(f"== {title}", file=sys.stderr)
+            run_id, outputs = asyncio.run(run_job(target, options))
             for output in outputs:
                 check_output(output)
-            print(f"  run page data: {gateway}/api/media/info/{outputs[0].url.split('/')[-2]}\n")
+            print(f"  player page: {gateway}/runs/{run_id}\n")
     print(json.dumps({"result": "ok", "runs_dir": str(work / "runs")}))
     return 0
 
