@@ -217,9 +217,9 @@ def signature_problem(path: str, expires: str | None, sig: str | None, secret: s
     """Why a signed request is refused, or None when its signature is valid and unexpired."""
     if not expires or not sig:
         return "this URL needs a signature (expires and sig parameters)"
-    if not expires.isdigit():
+    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:  # int() of "²" or 5000 digits raises
         return "the expires parameter is not a Unix time"
-    if not hmac.compare_digest(sign_media_path(path, secret, int(expires)), sig):
+    if not hmac.compare_digest(sign_media_path(path, secret, int(expires)).encode(), sig.encode()):  # any text
         return "the signature does not match this URL"
     if int(expires) < now:
         return "this URL has expired"

@@ -9,9 +9,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+import logformat
 from media_gateway.app import check_runs_dir
 from media_gateway.serve import serve_forever
-from media_gateway.settings import LOG_LEVELS, SERVERS, Settings, SettingsError, env_name, flag_name
+from media_gateway.settings import LOG_FORMATS, LOG_LEVELS, SERVERS, Settings, SettingsError, env_name, flag_name
 
 _HELP = {
     "runs_dir": "run storage root, one <run_id>/ folder per run (default: ./exports/json)",
@@ -21,6 +22,12 @@ _HELP = {
     "server": f"ASGI server, one of {', '.join(SERVERS)} (default: granian)",
     "accel_redirect": "front-server mode: nginx internal location aliasing the runs dir, e.g. /_runs/; "
     "media bodies are then sent by nginx via X-Accel-Redirect (default: empty, off)",
+    "log_format": f"log lines as {' or '.join(LOG_FORMATS)} (one JSON object per line, for collectors) (default: text)",
+    "signing_secret": "HMAC secret shared with the generation service (its GENERATION_MEDIA_SIGNING_SECRET); "
+    "when set, media, info and run-page URLs need valid expires and sig parameters, and the URLs the gateway "
+    "emits are signed. Set it through the environment, not the command line (default: empty, off)",
+    "signed_url_ttl_seconds": "how long the media URLs emitted by the info endpoint and the run page stay "
+    "valid, in seconds (default: 86400)",
 }
 _METAVARS = {
     "runs_dir": "DIR",
@@ -29,6 +36,9 @@ _METAVARS = {
     "cors_origins": "ORIGINS",
     "server": "NAME",
     "accel_redirect": "PATH",
+    "log_format": "FORMAT",
+    "signing_secret": "SECRET",
+    "signed_url_ttl_seconds": "SECONDS",
 }
 
 
@@ -36,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m media_gateway",
         description="Serve generated images, audio and video from run storage over HTTP. "
-        "Every flag can also be set with the environment variable shown; a flag wins over its variable.",
+        "Every flag can also be set with the environment variable shown; a flag wins over its variable. "
+        "Endpoints: /api/media/..., /runs/<run_id>, /healthz (alive), /readyz (run storage readable), "
+        "/metrics (Prometheus).",
     )
     for name, text in _HELP.items():
         parser.add_argument(flag_name(name), dest=name, metavar=_METAVARS[name], help=f"{text} [env: {env_name(name)}]")
@@ -60,9 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args)
     except SettingsError as exc:
         parser.error(str(exc))  # usage + message on stderr, exit status 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logformat.configure(settings.log_level, settings.log_format)  # stderr; the server's access log included
     try:
         check_runs_dir(settings.runs_dir)
         asyncio.run(serve_forever(settings))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
+from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -16,10 +18,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from media_gateway.catalog import OutputNotFound, RunCatalog
+from media_gateway.metrics import Metrics, MetricsMiddleware
 from media_gateway.player import render_run_page
 from media_gateway.responses import MediaResponse, json_error
 from media_gateway.settings import Settings
-from runstore import InvalidRunId, MediaKind, RunStore, parse_run_id
+from runstore import InvalidRunId, MediaKind, RunStore, parse_run_id, signature_problem, signed_media_url
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +63,42 @@ def _index(text: str | None) -> int | None:
 
 
 class _Endpoints:
-    """Request handlers; every filesystem call goes through the catalog on a worker thread."""
+    """Request handlers; every filesystem call goes through the catalog on a worker thread.
 
-    def __init__(self, catalog: RunCatalog, accel_redirect: str) -> None:
+    With a signing secret, every media, info and run-page request needs ``expires`` and ``sig`` parameters
+    signed for its exact path (checked before anything else, so an unsigned request learns nothing), and
+    the info document and the page carry signed media URLs that expire with the request's own signature
+    or after ``signed_url_ttl_seconds``, whichever comes first.
+    """
+
+    def __init__(self, catalog: RunCatalog, settings: Settings) -> None:
         self.catalog = catalog
-        self.accel_prefix = accel_redirect or None
+        self.accel_prefix = settings.accel_redirect or None
+        self.secret = settings.signing_secret
+        self.ttl = settings.signed_url_ttl_seconds
+
+    def _check_signature(self, request: Request) -> int | None:
+        """The request's ``expires`` when signing is on (403 unless the signature is valid), else None."""
+        if not self.secret:
+            return None
+        expires, sig = request.query_params.get("expires"), request.query_params.get("sig")
+        problem = signature_problem(request.scope["path"], expires, sig, self.secret, time.time())
+        if problem is not None:
+            raise HTTPException(403, problem)
+        assert expires is not None
+        return int(expires)
+
+    def _sign_outputs(self, document: dict[str, Any], request_expires: int | None) -> None:
+        if not self.secret:
+            return
+        expires = int(time.time()) + self.ttl
+        if request_expires is not None:
+            expires = min(expires, request_expires)
+        for output in document["outputs"]:
+            output["url"] = signed_media_url(output["url"], self.secret, expires)
 
     async def media(self, request: Request) -> Response:
+        self._check_signature(request)
         kind = _kind(request.path_params["kind"])
         run_id = _run_id(request)  # validated before anything touches the filesystem
         index = _index(request.path_params.get("index"))
@@ -78,20 +110,24 @@ class _Endpoints:
         return MediaResponse(output, attachment=attachment, accel_prefix=self.accel_prefix)
 
     async def not_found(self, request: Request) -> Response:
+        self._check_signature(request)
         if request.path_params["kind"] != "info":
             _kind(request.path_params["kind"])
         _run_id(request)
         raise HTTPException(404)
 
     async def info(self, request: Request) -> Response:
+        expires = self._check_signature(request)
         run_id = _run_id(request)
         try:
             document = await anyio.to_thread.run_sync(self.catalog.describe, run_id)
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
+        self._sign_outputs(document, expires)
         return JSONResponse(document, headers={"Cache-Control": "no-cache"})  # status changes while it runs
 
     async def run_page(self, request: Request) -> Response:
+        expires = self._check_signature(request)
         run_id = _run_id(request)
         try:
             document, metadata = await anyio.to_thread.run_sync(
@@ -99,13 +135,30 @@ class _Endpoints:
             )
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
+        self._sign_outputs(document, expires)
         error = metadata.get("error")
         message = str(error.get("message")) if isinstance(error, dict) and error.get("message") else None
         page = render_run_page(document, error=message)
         return HTMLResponse(page, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
     async def healthz(self, request: Request) -> Response:
+        """The process answers (liveness)."""
         return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Run storage can be listed (readiness): 200, else 503 with the reason."""
+        try:
+            await anyio.to_thread.run_sync(_probe_dir, self.catalog.store.root)
+        except OSError as exc:
+            logger.warning("not ready: run storage %s cannot be listed: %s", self.catalog.store.root, exc)
+            reason = f"run storage cannot be listed: {exc.strerror or type(exc).__name__}"
+            return JSONResponse({"status": "unavailable", "error": reason}, 503, headers={"Cache-Control": "no-store"})
+        return JSONResponse({"status": "ready"}, headers={"Cache-Control": "no-store"})
+
+
+def _probe_dir(path: os.PathLike[str] | str) -> None:
+    with os.scandir(path) as entries:  # reads at most one directory block, however many runs there are
+        next(entries, None)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -129,9 +182,12 @@ def check_runs_dir(runs_dir: os.PathLike[str] | str) -> None:
 def create_app(settings: Settings) -> Starlette:
     """The gateway app for ``settings``; raises RuntimeError at once when the runs dir is unusable."""
     check_runs_dir(settings.runs_dir)
-    endpoints = _Endpoints(RunCatalog(RunStore(settings.runs_dir)), settings.accel_redirect)
+    endpoints = _Endpoints(RunCatalog(RunStore(settings.runs_dir)), settings)
+    metrics = Metrics()
     routes = [
         Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/runs/{run_id}", endpoints.run_page, methods=["GET"]),
         Route("/api/media/info/{run_id}", endpoints.info, methods=["GET"]),
         Route("/api/media/{kind}/{run_id}", endpoints.media, methods=["GET"]),  # GET implies HEAD
@@ -140,7 +196,9 @@ def create_app(settings: Settings) -> Starlette:
         # is answered like every other malformed run id.
         Route("/api/media/{kind}/{run_id}/{rest:path}", endpoints.not_found, methods=["GET"]),
     ]
-    middleware = []
+    # Outermost, so that it sees every answer (CORS preflights, errors) as it leaves.
+    media_types = {name: kind.value for name, kind in URL_KINDS.items()}
+    middleware = [Middleware(MetricsMiddleware, metrics=metrics, media_types=media_types)]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -159,5 +217,6 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.router.redirect_slashes = False  # a trailing slash is a 404 like any other unknown path, not a redirect
     app.state.catalog = endpoints.catalog
+    app.state.metrics = metrics
     logger.info("media gateway serving run storage at %s", settings.runs_dir)
     return app

@@ -29,7 +29,12 @@ def _element(output: dict[str, Any], src: str) -> str:
         return f'<audio controls preload="metadata" crossorigin="anonymous" src="{src}"></audio>'
     if kind == "video":
         return f'<video controls preload="metadata" playsinline crossorigin="anonymous" src="{src}"></video>'
-    return f'<p><a href="{src}?download=1">download the {escape(kind)} file</a></p>'
+    return f'<p><a href="{_download(src)}">download the {escape(kind)} file</a></p>'
+
+
+def _download(src: str) -> str:
+    """The download link of an (HTML-escaped) media URL, which may already carry a signature's query."""
+    return src + ("&amp;download=1" if "?" in src else "?download=1")
 
 
 def _facts(output: dict[str, Any]) -> list[tuple[str, str]]:
@@ -60,7 +65,7 @@ def render_run_page(info: dict[str, Any], media_base: str = "", error: str | Non
             f'<section class="output" data-type="{escape(output["type"])}" data-index="{int(output["index"])}">'
             f"{_element(output, src)}"
             f'<table>{rows}<tr><th>file</th><td><a href="{src}">open</a> · '
-            f'<a href="{src}?download=1">download</a></td></tr></table></section>'
+            f'<a href="{_download(src)}">download</a></td></tr></table></section>'
         )
     body = "".join(sections) or "<p>No outputs yet.</p>"
     problem = f'<p class="error">{escape(error)}</p>' if error else ""

@@ -119,6 +119,7 @@ async def running_granian(settings: Settings) -> AsyncIterator[RunningGateway]:
         interface=Interfaces.ASGINL,  # the app has no lifespan work
         log_level=LogLevels(settings.log_level),
         log_dictconfig=_granian_logging(settings),
+        log_access=True,  # one line per request, like uvicorn's (through the root logger's format)
         websockets=False,
     )
     listening = asyncio.Event()

@@ -11,6 +11,7 @@ from pathlib import Path
 ENV_PREFIX = "MEDIA_GATEWAY_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 SERVERS = ("granian", "uvicorn")
+LOG_FORMATS = ("text", "json")
 _ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
 _ACCEL_RE = re.compile(r"^/[A-Za-z0-9_./-]*/$")
 
@@ -50,6 +51,13 @@ class Settings:
     accel_redirect: str = ""
     """Front-server mode: the internal nginx location (``/_runs/``) under which run folders are aliased.
     When set, media bodies are handed to nginx with ``X-Accel-Redirect``; empty serves them directly."""
+    log_format: str = "text"
+    """``text`` (lines for people) or ``json`` (one object per line, for log collectors)."""
+    signing_secret: str = field(default="", repr=False)
+    """HMAC secret shared with the generation service. When set, every media, info and run-page request
+    must carry valid ``expires`` and ``sig`` parameters, and the URLs the gateway emits are signed."""
+    signed_url_ttl_seconds: int = 86400
+    """How long the media URLs emitted by the info endpoint and the run page stay valid."""
 
     def __post_init__(self) -> None:
         if not str(self.runs_dir):
@@ -64,6 +72,12 @@ class Settings:
             raise _fail("server", f"{self.server!r} is not one of {', '.join(SERVERS)}")
         if self.accel_redirect and (not _ACCEL_RE.fullmatch(self.accel_redirect) or ".." in self.accel_redirect):
             raise _fail("accel_redirect", f"{self.accel_redirect!r} is not a location path like /_runs/")
+        if self.log_format not in LOG_FORMATS:
+            raise _fail("log_format", f"{self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+        if self.signing_secret != self.signing_secret.strip():
+            raise _fail("signing_secret", "starts or ends with whitespace (a stray newline?)")
+        if not 0 < self.signed_url_ttl_seconds <= 10 * 365 * 86400:
+            raise _fail("signed_url_ttl_seconds", f"{self.signed_url_ttl_seconds} is not between 1 and 315360000")
 
     @property
     def host(self) -> str:
@@ -81,17 +95,24 @@ class Settings:
             value = environ.get(env_name(name), "").strip()
             return value or None
 
-        runs_dir, listen, log_level, cors, server, accel = (
-            get(n) for n in ("runs_dir", "listen", "log_level", "cors_origins", "server", "accel_redirect")
-        )
         default = cls()
+        ttl = get("signed_url_ttl_seconds")
+        if ttl is not None and not (ttl.isascii() and ttl.isdigit()):
+            raise _fail("signed_url_ttl_seconds", f"{ttl!r} is not a whole number of seconds")
+        values = {name: get(name) for name in ("runs_dir", "listen", "accel_redirect")}
+        secret = environ.get(env_name("signing_secret"), "")  # not stripped: it must equal the service's byte for byte
+        lowered = {name: get(name) for name in ("log_level", "server", "log_format")}
+        cors = get("cors_origins")
         return cls(
-            runs_dir=Path(runs_dir) if runs_dir is not None else default.runs_dir,
-            listen=listen if listen is not None else default.listen,
-            log_level=log_level.lower() if log_level is not None else default.log_level,
+            runs_dir=Path(values["runs_dir"]) if values["runs_dir"] is not None else default.runs_dir,
+            listen=values["listen"] or default.listen,
+            log_level=(lowered["log_level"] or default.log_level).lower(),
             cors_origins=parse_origins(cors) if cors is not None else default.cors_origins,
-            server=server.lower() if server is not None else default.server,
-            accel_redirect=accel if accel is not None else default.accel_redirect,
+            server=(lowered["server"] or default.server).lower(),
+            accel_redirect=values["accel_redirect"] or default.accel_redirect,
+            log_format=(lowered["log_format"] or default.log_format).lower(),
+            signing_secret=secret,
+            signed_url_ttl_seconds=int(ttl) if ttl is not None else default.signed_url_ttl_seconds,
         )
 
 

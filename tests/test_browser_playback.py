@@ -13,11 +13,13 @@ import json
 import re
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp import web
 
@@ -25,6 +27,7 @@ from generation_service.v1 import generation_pb2 as pb
 from media_gateway.player import render_run_page
 from media_gateway.serve import running_gateway
 from media_gateway.settings import Settings
+from runstore import signed_media_url
 from stack_helpers import Stack
 
 CHROMIUM_FLAGS = [
@@ -297,3 +300,22 @@ async def test_playback_from_another_origin_with_cors(stack: Stack, devtools: De
     assert_ranges_used(responses, run_id)
     media = [r for r in responses if r["url"].startswith(gateway.base_url)]
     assert media and all(r["headers"].get("access-control-allow-origin") == origin for r in media)
+
+
+async def test_signed_run_page_plays(stack: Stack, devtools: DevTools):
+    run_id = await make_run(stack)
+    info = (await stack.http.get(f"/api/media/info/{run_id}")).json()
+    settings = Settings(runs_dir=stack.runs_dir, listen="127.0.0.1:0", signing_secret="browser-secret")
+    async with running_gateway(settings) as gateway:
+        page_url = signed_media_url(f"{gateway.base_url}/runs/{run_id}", "browser-secret", int(time.time()) + 300)
+        session = await devtools.open_page(page_url)
+        result = await devtools.evaluate(session, PLAYBACK_CHECK)
+        responses = devtools.responses(session)
+        async with httpx.AsyncClient() as http:
+            unsigned = await http.get(f"{gateway.base_url}/api/media/audio/{run_id}/0")
+
+    assert_played(result, info)  # every element's source and the Range fetch carried a valid signature
+    assert_ranges_used(responses, run_id)
+    media = [r for r in responses if "/api/media/" in r["url"]]
+    assert media and all("sig=" in r["url"] and r["status"] in (200, 206) for r in media)
+    assert unsigned.status_code == 403

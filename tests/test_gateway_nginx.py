@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from gateway_helpers import mp4_bytes, png_bytes, write_run
 from media_gateway.http_semantics import Validators
+from media_gateway.metrics import Metrics
 from media_gateway.serve import running_gateway
 from media_gateway.settings import Settings
+from runstore import signed_media_url
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "deploy" / "nginx" / "media-gateway.conf"
@@ -31,13 +36,14 @@ class Front:
     gateway: httpx.AsyncClient
     runs_dir: Path
     run_id: str
+    metrics: Metrics
 
 
 def _site_config(gateway_port: int, nginx_port: int, runs_dir: Path) -> str:
     """The shipped server block with only the deployment-specific values replaced (each exactly once)."""
     text = SHIPPED.read_text()
     for pattern, value in [
-        (r"server 127\.0\.0\.1:8081;", f"server 127.0.0.1:{gateway_port};"),
+        (r"server media-gateway:8081;", f"server 127.0.0.1:{gateway_port};"),
         (r"listen 8080;", f"listen 127.0.0.1:{nginx_port};"),
         (r"alias /srv/runs/;", f"alias {runs_dir}/;"),
     ]:
@@ -58,12 +64,14 @@ def _main_config(tmp: Path, site: Path) -> str:
     )
 
 
-@pytest.fixture
-async def front(tmp_path: Path) -> AsyncIterator[Front]:
+@contextlib.asynccontextmanager
+async def running_front(tmp_path: Path, **extra: Any) -> AsyncIterator[Front]:
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     run_id = write_run(runs_dir, [(mp4_bytes(), "v.mp4"), (png_bytes(), "a.png")])
-    settings = Settings(runs_dir=runs_dir, listen="127.0.0.1:0", accel_redirect="/_runs/", cors_origins=(ORIGIN,))
+    settings = Settings(
+        runs_dir=runs_dir, listen="127.0.0.1:0", accel_redirect="/_runs/", cors_origins=(ORIGIN,), **extra
+    )
     # nginx takes over a socket that already listens (its NGINX variable, meant for binary upgrades), so
     # port 0 works and connections made before it accepts simply wait in the backlog.
     listener = socket.socket()
@@ -88,11 +96,17 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{nginx_port}") as via_nginx,
                 httpx.AsyncClient(base_url=gateway.base_url) as direct,
             ):
-                yield Front(via_nginx, direct, runs_dir, run_id)
+                yield Front(via_nginx, direct, runs_dir, run_id, gateway.app.state.metrics)
         finally:
             proc.send_signal(signal.SIGQUIT)  # graceful stop
             _, stderr = proc.communicate(timeout=20)
     assert b"[emerg]" not in stderr and b"[alert]" not in stderr, stderr.decode()
+
+
+@pytest.fixture
+async def front(tmp_path: Path) -> AsyncIterator[Front]:
+    async with running_front(tmp_path) as front:
+        yield front
 
 
 def _video(front: Front) -> tuple[str, bytes, os.stat_result]:
@@ -186,3 +200,37 @@ async def test_image_info_and_page_pass_through(front: Front):
     }
     assert page.status_code == 200 and "<video" in page.text
     assert unknown.status_code == 400 and unknown.headers["content-type"] == "application/json"
+
+
+async def test_metrics_count_the_hand_off_and_are_not_public(front: Front):
+    url, content, _ = _video(front)
+
+    through = await front.nginx.get(url, headers={"Range": "bytes=0-99"})
+    public = await front.nginx.get("/metrics")
+    scraped = await front.gateway.get("/metrics")
+
+    assert (through.status_code, through.content) == (206, content[:100])  # nginx answered the Range itself
+    assert public.status_code == 404
+    metrics = front.metrics.registry
+    assert metrics.get_sample_value("media_gateway_accel_redirects_total", {"media_type": "video"}) == 1
+    labels = {"endpoint": "media", "media_type": "video"}
+    assert metrics.get_sample_value("media_gateway_requests_total", {**labels, "status": "200"}) == 1
+    assert metrics.get_sample_value("media_gateway_response_body_bytes_total", labels) == 0  # nginx sent the body
+    assert 'media_gateway_accel_redirects_total{media_type="video"} 1.0' in scraped.text
+
+
+async def test_signatures_are_checked_before_the_hand_off(tmp_path: Path):
+    async with running_front(tmp_path, signing_secret="front-secret") as front:
+        url, content, _ = _video(front)
+        signed = signed_media_url(f"{url}/0", "front-secret", int(time.time()) + 60)
+
+        unsigned = await front.nginx.get(url)
+        forged = await front.nginx.get(signed.replace("sig=", "sig=0"))
+        good = await front.nginx.get(signed, headers={"Range": "bytes=10-19"})
+        download = await front.nginx.get(signed + "&download=1")
+
+    for refused in (unsigned, forged):
+        assert refused.status_code == 403 and refused.headers["content-type"] == "application/json"
+        assert "x-accel-redirect" not in refused.headers and not refused.content.startswith(b"\x00\x00")
+    assert (good.status_code, good.content) == (206, content[10:20])
+    assert download.content == content and download.headers["content-disposition"].startswith("attachment;")

@@ -20,6 +20,7 @@ def test_defaults_are_safe_for_local_development():
     assert settings.cors_origins == ()
     assert settings.server == "granian"
     assert settings.accel_redirect == ""
+    assert (settings.log_format, settings.signing_secret, settings.signed_url_ttl_seconds) == ("text", "", 86400)
 
 
 def test_from_env_reads_every_setting():
@@ -31,6 +32,9 @@ def test_from_env_reads_every_setting():
             "MEDIA_GATEWAY_CORS_ORIGINS": "https://a.example, http://localhost:5173,,",
             "MEDIA_GATEWAY_SERVER": "UVICORN",
             "MEDIA_GATEWAY_ACCEL_REDIRECT": "/_runs/",
+            "MEDIA_GATEWAY_LOG_FORMAT": "JSON",
+            "MEDIA_GATEWAY_SIGNING_SECRET": "s3cret value",
+            "MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS": " 600 ",
             "UNRELATED": "x",
         }
     )
@@ -40,6 +44,12 @@ def test_from_env_reads_every_setting():
     assert settings.log_level == "debug"
     assert settings.cors_origins == ("https://a.example", "http://localhost:5173")
     assert (settings.server, settings.accel_redirect) == ("uvicorn", "/_runs/")
+    assert (settings.log_format, settings.signing_secret, settings.signed_url_ttl_seconds) == (
+        "json",
+        "s3cret value",
+        600,
+    )
+    assert "s3cret" not in repr(settings)
 
 
 @pytest.mark.parametrize(
@@ -57,6 +67,12 @@ def test_from_env_reads_every_setting():
         ("MEDIA_GATEWAY_ACCEL_REDIRECT", "/_runs"),
         ("MEDIA_GATEWAY_ACCEL_REDIRECT", "/../etc/"),
         ("MEDIA_GATEWAY_ACCEL_REDIRECT", "/a b/"),
+        ("MEDIA_GATEWAY_LOG_FORMAT", "xml"),
+        ("MEDIA_GATEWAY_SIGNING_SECRET", "secret\n"),
+        ("MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS", "0"),
+        ("MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS", "1.5"),
+        ("MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS", "-5"),
+        ("MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS", "999999999999"),
     ],
 )
 def test_invalid_values_name_the_variable_and_the_flag(variable, value):
@@ -64,7 +80,8 @@ def test_invalid_values_name_the_variable_and_the_flag(variable, value):
         Settings.from_env({variable: value})
 
     flag = "--" + variable.removeprefix("MEDIA_GATEWAY_").lower().replace("_", "-")
-    assert variable in str(caught.value) and flag in str(caught.value) and value in str(caught.value)
+    assert variable in str(caught.value) and flag in str(caught.value)
+    assert value.strip() in str(caught.value) or "whitespace" in str(caught.value)
 
 
 def test_flags_override_the_environment():
@@ -93,6 +110,9 @@ def test_help_documents_every_setting_and_its_variable():
         ("--cors-origins", "MEDIA_GATEWAY_CORS_ORIGINS"),
         ("--server", "MEDIA_GATEWAY_SERVER"),
         ("--accel-redirect", "MEDIA_GATEWAY_ACCEL_REDIRECT"),
+        ("--log-format", "MEDIA_GATEWAY_LOG_FORMAT"),
+        ("--signing-secret", "MEDIA_GATEWAY_SIGNING_SECRET"),
+        ("--signed-url-ttl-seconds", "MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS"),
     ]:
         assert flag in text and variable in text.replace("\n", "").replace(" ", "")
 
@@ -105,3 +125,10 @@ def test_bad_flag_value_exits_with_usage(capsys: pytest.CaptureFixture[str]):
 
     assert caught.value.code == 2
     assert "MEDIA_GATEWAY_LISTEN (--listen)" in capsys.readouterr().err
+
+
+def test_help_says_to_set_the_secret_through_the_environment():
+    text = " ".join(build_parser().format_help().split())
+    assert "Set it through the environment, not the command line" in text
+    for endpoint in ("/healthz", "/readyz", "/metrics"):
+        assert endpoint in text

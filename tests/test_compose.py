@@ -1,0 +1,239 @@
+"""The deployment files, checked without a Docker engine: docker-compose.yml against the processes' real
+settings and the shipped nginx config, the Dockerfile against the wheel's contents, and the gRPC health
+check script against a running service."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.util
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import trustme
+import yaml
+
+from generation_service.settings import ENV_PREFIX as SERVICE_PREFIX
+from generation_service.settings import Settings as ServiceSettings
+from media_gateway.settings import Settings as GatewaySettings
+from media_gateway.settings import env_name
+from stack_helpers import StackFactory
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+NGINX_CONF = (REPO / "deploy" / "nginx" / "media-gateway.conf").read_text()
+_INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
+
+
+def environment(service: str) -> dict[str, str]:
+    """The service's environment as compose would pass it with no `.env`: every ``${X:-default}`` -> default."""
+    env = SERVICES[service].get("environment", {})
+    assert isinstance(env, dict), "environment is written as a mapping"
+    return {k: _INTERPOLATION.sub(lambda m: m.group(2) or "", str(v)) for k, v in env.items()}
+
+
+def mounts(service: str) -> dict[str, str]:
+    """Mount target -> ``source[:mode]`` of a service's volumes (short syntax)."""
+    found = {}
+    for entry in SERVICES[service].get("volumes", []):
+        source, target, *mode = entry.split(":")
+        found[target] = ":".join([source, *mode])
+    return found
+
+
+def port_of(listen: str) -> str:
+    return listen.rpartition(":")[2]
+
+
+def test_the_services_and_their_commands():
+    assert set(SERVICES) == {"generation-service", "media-gateway", "nginx", "simulator"}
+    assert SERVICES["generation-service"]["command"] == ["python", "-m", "generation_service"]
+    assert SERVICES["media-gateway"]["command"] == ["python", "-m", "media_gateway"]
+    assert SERVICES["simulator"]["command"][:3] == ["python", "-m", "comfy_simulator"]
+    assert SERVICES["nginx"]["image"].startswith("nginx:")
+    python = [name for name in SERVICES if name != "nginx"]
+    assert {SERVICES[name]["image"] for name in python} == {"comfy-generation:latest"}
+    assert all(SERVICES[name]["build"] == "." for name in python)
+
+
+def test_the_runs_volume_is_written_by_the_service_only():
+    assert "runs" in COMPOSE["volumes"]
+    service_runs = environment("generation-service")["GENERATION_RUNS_DIR"]
+    gateway_runs = environment("media-gateway")["MEDIA_GATEWAY_RUNS_DIR"]
+    alias = re.search(r"alias (\S+)/;", NGINX_CONF)
+    assert alias is not None
+    assert mounts("generation-service")[service_runs] == "runs"  # read-write
+    assert mounts("media-gateway")[gateway_runs] == "runs:ro"
+    assert mounts("nginx")[alias.group(1)] == "runs:ro"
+    assert "runs" not in str(SERVICES["simulator"].get("volumes", []))
+
+
+def test_nginx_runs_the_shipped_config_in_front_of_the_gateway():
+    assert mounts("nginx")["/etc/nginx/conf.d/default.conf"] == "./deploy/nginx/media-gateway.conf:ro"
+    gateway = environment("media-gateway")
+    upstream = re.search(r"server ([a-z-]+):(\d+);", NGINX_CONF)
+    assert upstream is not None
+    assert upstream.groups() == ("media-gateway", port_of(gateway["MEDIA_GATEWAY_LISTEN"]))
+    assert f"location {gateway['MEDIA_GATEWAY_ACCEL_REDIRECT']} {{" in NGINX_CONF  # front-server mode on
+    listen = re.search(r"listen (\d+);", NGINX_CONF)
+    assert listen is not None and SERVICES["nginx"]["ports"] == [f"{listen.group(1)}:{listen.group(1)}"]
+    assert SERVICES["nginx"]["depends_on"] == {"media-gateway": {"condition": "service_healthy"}}
+
+
+def test_ports_match_the_settings_and_metrics_stay_on_loopback():
+    service, gateway = environment("generation-service"), environment("media-gateway")
+    grpc_port, metrics_port = port_of(service["GENERATION_LISTEN"]), port_of(service["GENERATION_METRICS_LISTEN"])
+    assert service["GENERATION_LISTEN"].startswith("0.0.0.0:")
+    assert SERVICES["generation-service"]["ports"] == [f"{grpc_port}:{grpc_port}", f"127.0.0.1:{metrics_port}:9100"]
+    gateway_port = port_of(gateway["MEDIA_GATEWAY_LISTEN"])
+    assert SERVICES["media-gateway"]["ports"] == [f"127.0.0.1:{gateway_port}:{gateway_port}"]
+    assert SERVICES["simulator"]["ports"] == ["127.0.0.1:8188:8188"]
+    assert "location = /metrics" in NGINX_CONF  # not served on the public port
+
+
+def test_every_service_has_a_health_check():
+    checks = {name: " ".join(SERVICES[name]["healthcheck"]["test"]) for name in SERVICES}
+    assert checks["generation-service"] == "CMD python /app/grpc_healthcheck.py"
+    gateway_port = port_of(environment("media-gateway")["MEDIA_GATEWAY_LISTEN"])
+    assert f"http://127.0.0.1:{gateway_port}/readyz" in checks["media-gateway"]
+    assert "http://127.0.0.1:8080/readyz" in checks["nginx"]
+    assert "/system_stats" in checks["simulator"]
+    for name in SERVICES:
+        assert {"interval", "timeout", "retries"} <= set(SERVICES[name]["healthcheck"]), name
+
+
+def test_the_simulator_runs_only_under_its_profile():
+    assert SERVICES["simulator"]["profiles"] == ["simulator"]
+    assert all("profiles" not in SERVICES[name] for name in SERVICES if name != "simulator")
+    assert all("simulator" not in str(SERVICES[name].get("depends_on", "")) for name in SERVICES)
+    backend = SERVICES["generation-service"]["environment"]["GENERATION_BACKEND_URL"]
+    assert backend == "${GENERATION_BACKEND_URL:-http://simulator:8188/ComfyBackendDirect}"  # overridable
+
+
+def test_environment_names_are_settings_of_their_process():
+    service_vars = {SERVICE_PREFIX + f.name.upper() for f in dataclasses.fields(ServiceSettings)}
+    gateway_vars = {env_name(f.name) for f in dataclasses.fields(GatewaySettings)}
+    simulator_help = subprocess.run(
+        [sys.executable, "-m", "comfy_simulator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    simulator_vars = set(re.findall(r"\[(COMFY_SIMULATOR_[A-Z_]+)\]", simulator_help))
+    assert simulator_vars
+    for name, known in [
+        ("generation-service", service_vars),
+        ("media-gateway", gateway_vars),
+        ("simulator", simulator_vars),
+    ]:
+        assert set(environment(name)) <= known, (name, set(environment(name)) - known)
+
+
+def test_the_defaults_are_valid_settings():
+    service_env = {k: v for k, v in environment("generation-service").items()}
+    settings = ServiceSettings.from_args([], service_env)
+    assert settings.listen == "0.0.0.0:50051" and settings.metrics_listen == "0.0.0.0:9100"
+    assert settings.log_format == "json" and settings.media_url_ttl_seconds == 86400
+    gateway = GatewaySettings.from_env(environment("media-gateway"))
+    assert (gateway.accel_redirect, gateway.log_format, gateway.signed_url_ttl_seconds) == ("/_runs/", "json", 86400)
+
+
+def test_signing_secret_and_ttl_are_shared_by_construction():
+    service, gateway = SERVICES["generation-service"]["environment"], SERVICES["media-gateway"]["environment"]
+    assert service["GENERATION_MEDIA_SIGNING_SECRET"] == gateway["MEDIA_GATEWAY_SIGNING_SECRET"]
+    assert service["GENERATION_MEDIA_SIGNING_SECRET"].startswith("${MEDIA_SIGNING_SECRET")
+    assert service["GENERATION_MEDIA_URL_TTL_SECONDS"] == gateway["MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS"]
+    documented = (REPO / "docker-compose.yml").read_text()
+    for variable in set(_INTERPOLATION.findall(documented)):  # every ${X} is explained in the header
+        assert f"#   {variable[0]} " in documented, variable[0]
+
+
+# --- Dockerfile --------------------------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions (continuation lines joined, comments dropped), split by FROM."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
+def copied(stage: list[str]) -> set[str]:
+    sources = set()
+    for line in stage:
+        if line.startswith("COPY ") and "--from=" not in line:
+            sources.update(line.split()[1:-1])
+    return sources
+
+
+def test_the_build_stage_copies_everything_the_wheel_includes():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wheel = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]
+    build = dockerfile_stages()[0]
+    sources = copied(build)
+    assert set(wheel["only-include"]) <= sources
+    assert {"pyproject.toml", pyproject["project"]["readme"]} <= sources
+    # and the wheel includes every top-level module the packages import
+    top_level = {p.stem for p in REPO.glob("*.py")}
+    for package in wheel["packages"]:
+        for source in (REPO / package).rglob("*.py"):
+            for module in re.findall(r"^(?:from|import) (\w+)", source.read_text(), re.MULTILINE):
+                assert module not in top_level or f"{module}.py" in wheel["only-include"], (source, module)
+
+
+def test_the_final_stage_is_slim_and_runs_as_a_user():
+    stages = dockerfile_stages()
+    assert len(stages) == 2
+    final = stages[-1]
+    text = "\n".join(final)
+    assert final[0] == "FROM python:3.11-slim"
+    assert not re.search(r"\b(apt-get|apk|gcc|build-essential|pip install)\b", text)
+    assert "COPY --from=build /opt/venv /opt/venv" in final
+    user = [line for line in final if line.startswith("USER ")]
+    assert user == ["USER app"] and final.index(user[0]) > max(i for i, line in enumerate(final) if "RUN" in line)
+    files = copied(final)
+    assert {"templates", "workflows", "deploy/grpc_healthcheck.py"} <= files
+    assert environment("generation-service")["GENERATION_TEMPLATES_DIR"] == "/app/templates"
+    assert "WORKDIR /app" in final
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".env" in ignored and not any(source.split("/")[0] in ignored for source in copied(stages[0]) | files)
+
+
+# --- the gRPC health check script ---------------------------------------------------------------------
+
+
+def healthcheck() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("grpc_healthcheck", REPO / "deploy" / "grpc_healthcheck.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_grpc_health_check_script(stack_factory: StackFactory, tmp_path: Path):
+    check = healthcheck()
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    stack = await stack_factory(tls_cert_file=str(pem), tls_key_file=str(pem), auth_tokens="a-token")
+    listen = f"0.0.0.0:{stack.service.port}"
+    tls = {"GENERATION_LISTEN": listen, "GENERATION_TLS_CERT_FILE": str(pem)}
+
+    healthy = await asyncio.to_thread(check.main, {**tls, "HEALTHCHECK_TLS_CA_FILE": str(tmp_path / "ca.pem")})
+    wrong_name = await asyncio.to_thread(
+        check.main, {**tls, "HEALTHCHECK_TLS_CA_FILE": str(tmp_path / "ca.pem"), "HEALTHCHECK_TLS_SERVER_NAME": "x"}
+    )
+    plaintext = await asyncio.to_thread(check.main, {"GENERATION_LISTEN": listen})
+
+    assert (healthy, wrong_name, plaintext) == (0, 1, 1)  # health needs no token, but TLS must be right
