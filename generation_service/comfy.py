@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -80,6 +80,7 @@ class ComfyBackend:
         self._subscriptions: dict[str, Subscription] = {}
         self._closing = False
         self.connections = 0  # websocket connections opened so far (reconnects = connections - 1)
+        self.on_reconnect: Callable[[], None] = lambda: None
         self._socket_failing = False  # the last connection attempt failed: do not wait for the socket
 
     @property
@@ -132,6 +133,8 @@ class ComfyBackend:
                     self._socket_failing = False
                     self._connected.set()
                     self.connections += 1
+                    if self.connections > 1:
+                        self.on_reconnect()
                     delay = _RECONNECT_MIN_S
                     logger.info("backend websocket connected to %s (clientId %s)", self.public_url, client_id)
                     await self._read_frames(ws)

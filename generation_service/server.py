@@ -98,6 +98,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         request_timeout_s=settings.request_timeout_seconds,
         retries=settings.backend_retries,
     )
+    backend.on_reconnect = metrics.reconnects.inc
     policy = FollowPolicy(
         media_base_url=settings.media_base_url,
         poll_s=settings.history_poll_seconds,

@@ -49,6 +49,16 @@ async def test_health_follows_the_backend(stack_factory: StackFactory) -> None:
     await channel.close()
 
 
+async def scrape(stack: Stack) -> dict[str, float]:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{stack.service.metrics_port}/metrics")).text
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
 async def test_metrics_count_a_real_run(stack_factory: StackFactory) -> None:
     stack = await stack_factory(metrics_listen="127.0.0.1:0")
     events = [e async for e in stack.stub.Generate(image_request())]
@@ -68,6 +78,12 @@ async def test_metrics_count_a_real_run(stack_factory: StackFactory) -> None:
     assert samples['generation_active_streams{rpc="Generate"}'] == 0
     assert samples["generation_runs_in_flight"] == 0
     assert samples["generation_backend_up"] == 1
+    assert samples["generation_backend_socket_reconnects_total"] == 0
+    stack.sim.faults.drop_socket_after_frames = 0  # the next frame closes the socket: the service reconnects
+    assert [e async for e in stack.stub.Generate(image_request())][-1].HasField("completed")
+    stack.sim.faults.reset()
+    assert await stack.service.runner.backend.wait_connected(10)
+    assert (await scrape(stack))["generation_backend_socket_reconnects_total"] >= 1
 
 
 async def test_bearer_tokens_are_required_except_for_health(stack_factory: StackFactory) -> None:
