@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from generation_client import (
     event_kind,
     messages,
 )
-from stack_helpers import REPO, WORKFLOWS, Stack, StackFactory
+from stack_helpers import WORKFLOWS, Stack, StackFactory
 
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 
@@ -131,65 +130,3 @@ async def test_the_blocking_client(stack: Stack) -> None:
 
     kinds, count, error = await asyncio.to_thread(use)
     assert kinds[0] == "accepted" and kinds[-1] == "completed" and count == 1 and error is NotFoundError
-
-
-async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "genctl",
-        *args,
-        "--server",
-        f"127.0.0.1:{stack.service.port}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-async def test_genctl_templates_describe_and_generate_from_a_template(stack: Stack, tmp_path: Path) -> None:
-    code, out, _ = await genctl(stack, "templates")
-    assert code == 0 and "ace_step_instrumental" in out and "audio" in out
-    code, out, _ = await genctl(stack, "describe", "ace_step_instrumental")
-    assert code == 0 and {p["name"] for p in json.loads(out)["parameters"]} >= {"tags", "seconds", "seed"}
-    picture = tmp_path / "in.png"
-    picture.write_bytes(png_bytes(np.full((16, 16, 3), 90, np.uint8)))
-    code, out, err = await genctl(
-        stack,
-        "generate",
-        "--template",
-        "sd35_image_to_image",
-        "--param",
-        "prompt=a 'cat'",
-        "--param",
-        "steps=2",
-        "--input",
-        f"image={picture}",
-        "--json",
-    )
-    assert code == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
-    assert events[0]["template"] == "sd35_image_to_image" and events[-1]["type"] == "completed"
-    code, _, err = await genctl(stack, "generate", "--template", "ace_step_instrumental", "--param", "seconds=9999")
-    assert code == 2 and "params.seconds" in err
-
-
-async def test_genctl_submit_watch_get_list_cancel(stack: Stack, tmp_path: Path) -> None:
-    workflow = tmp_path / "quick.json"
-    workflow.write_text(json.dumps(quick_image()))
-    code, out, err = await genctl(stack, "submit", str(workflow))
-    assert code == 0, err
-    run_id = json.loads(out)["run_id"]
-    code, out, _ = await genctl(stack, "watch", run_id, "--json")
-    assert code == 0 and json.loads(out.splitlines()[-1])["type"] == "completed"
-    code, out, _ = await genctl(stack, "get", run_id)
-    assert code == 0 and json.loads(out)["status"] == "completed"
-    code, out, _ = await genctl(stack, "list", "--status", "completed")
-    assert code == 0 and [r["run_id"] for r in json.loads(out)] == [run_id]
-    code, out, _ = await genctl(stack, "cancel", run_id)
-    assert code == 0 and json.loads(out)["status"] == "completed"  # finished runs stay as they are
-    code, _, err = await genctl(stack, "get", UNKNOWN_RUN)
-    assert code == 2 and "NOT_FOUND" in err

@@ -1,4 +1,4 @@
-"""genctl against the real service: JSON lines for scripts, exit codes, human progress."""
+"""genctl against the real service: every command, JSON lines for scripts, exit codes, human progress."""
 
 from __future__ import annotations
 
@@ -6,8 +6,21 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from comfy_simulator.media import png_bytes
 from stack_helpers import REPO, WORKFLOWS, Stack
+
+UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
+
+
+def quick_image() -> dict[str, Any]:
+    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph["1"]["inputs"].update(width=32, height=32)
+    graph["2"]["inputs"].update(steps=3, seconds=0.1)
+    return graph
 
 
 async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
@@ -15,7 +28,6 @@ async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
         sys.executable,
         "-m",
         "genctl",
-        "generate",
         *args,
         "--server",
         f"127.0.0.1:{stack.service.port}",
@@ -29,7 +41,7 @@ async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
 
 
 async def test_json_mode_prints_one_object_per_event_and_exits_0(stack: Stack) -> None:
-    code, out, err = await genctl(stack, str(WORKFLOWS / "audio.json"), "--json")
+    code, out, err = await genctl(stack, "generate", str(WORKFLOWS / "audio.json"), "--json")
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -44,7 +56,7 @@ async def test_json_mode_prints_one_object_per_event_and_exits_0(stack: Stack) -
 
 
 async def test_human_mode_shows_progress_and_prints_the_urls(stack: Stack) -> None:
-    code, out, err = await genctl(stack, str(WORKFLOWS / "image.json"))
+    code, out, err = await genctl(stack, "generate", str(WORKFLOWS / "image.json"))
     assert code == 0, err
     assert "node 2 Sampler [" in err and "12/12" in err and "completed in" in err
     (url,) = out.split()
@@ -61,7 +73,7 @@ async def test_failed_run_exits_1_and_invalid_workflow_exits_2(stack: Stack, tmp
             }
         )
     )
-    code, _, err = await genctl(stack, str(failing))
+    code, _, err = await genctl(stack, "generate", str(failing))
     assert code == 2 and "INVALID_ARGUMENT" in err and "node 1 (LoadAudio)" in err
 
     (stack.sim.settings.data_dir / "input" / "broken.wav").write_bytes(b"not audio")
@@ -73,10 +85,55 @@ async def test_failed_run_exits_1_and_invalid_workflow_exits_2(stack: Stack, tmp
             }
         )
     )
-    code, out, err = await genctl(stack, str(failing), "--json")
+    code, out, err = await genctl(stack, "generate", str(failing), "--json")
     assert code == 1, err
     last = json.loads(out.splitlines()[-1])
     assert (last["type"], last["code"], last["node_id"]) == ("failed", "execution_error", "1")
 
-    code, _, err = await genctl(stack, str(tmp_path / "nowhere.json"))
+    code, _, err = await genctl(stack, "generate", str(tmp_path / "nowhere.json"))
     assert code == 2 and "cannot read" in err
+
+
+async def test_genctl_templates_describe_and_generate_from_a_template(stack: Stack, tmp_path: Path) -> None:
+    code, out, _ = await genctl(stack, "templates")
+    assert code == 0 and "ace_step_instrumental" in out and "audio" in out
+    code, out, _ = await genctl(stack, "describe", "ace_step_instrumental")
+    assert code == 0 and {p["name"] for p in json.loads(out)["parameters"]} >= {"tags", "seconds", "seed"}
+    picture = tmp_path / "in.png"
+    picture.write_bytes(png_bytes(np.full((16, 16, 3), 90, np.uint8)))
+    code, out, err = await genctl(
+        stack,
+        "generate",
+        "--template",
+        "sd35_image_to_image",
+        "--param",
+        "prompt=a 'cat'",
+        "--param",
+        "steps=2",
+        "--input",
+        f"image={picture}",
+        "--json",
+    )
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["template"] == "sd35_image_to_image" and events[-1]["type"] == "completed"
+    code, _, err = await genctl(stack, "generate", "--template", "ace_step_instrumental", "--param", "seconds=9999")
+    assert code == 2 and "params.seconds" in err
+
+
+async def test_genctl_submit_watch_get_list_cancel(stack: Stack, tmp_path: Path) -> None:
+    workflow = tmp_path / "quick.json"
+    workflow.write_text(json.dumps(quick_image()))
+    code, out, err = await genctl(stack, "submit", str(workflow))
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    code, out, _ = await genctl(stack, "watch", run_id, "--json")
+    assert code == 0 and json.loads(out.splitlines()[-1])["type"] == "completed"
+    code, out, _ = await genctl(stack, "get", run_id)
+    assert code == 0 and json.loads(out)["status"] == "completed"
+    code, out, _ = await genctl(stack, "list", "--status", "completed")
+    assert code == 0 and [r["run_id"] for r in json.loads(out)] == [run_id]
+    code, out, _ = await genctl(stack, "cancel", run_id)
+    assert code == 0 and json.loads(out)["status"] == "completed"  # finished runs stay as they are
+    code, _, err = await genctl(stack, "get", UNKNOWN_RUN)
+    assert code == 2 and "NOT_FOUND" in err

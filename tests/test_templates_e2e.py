@@ -12,26 +12,15 @@ import numpy as np
 import pytest
 
 from comfy_simulator.media import png_bytes
+from generation_client.requests import param_value
 from generation_service.v1 import generation_pb2 as pb
 from runstore import RunStore
 from stack_helpers import Stack
 
 
-def to_value(value: Any) -> pb.ParamValue:
-    if isinstance(value, bytes):
-        return pb.ParamValue(data=value)
-    if isinstance(value, bool):
-        return pb.ParamValue(flag=value)
-    if isinstance(value, int):
-        return pb.ParamValue(integer=value)
-    if isinstance(value, float):
-        return pb.ParamValue(number=value)
-    return pb.ParamValue(text=str(value))
-
-
 async def run(stack: Stack, name: str, params: dict[str, Any]) -> tuple[dict[str, Any], list[pb.RunEvent]]:
     """Generate from a template; the run's metadata.json and its events."""
-    request = pb.GenerateRequest(template=name, params={k: to_value(v) for k, v in params.items()})
+    request = pb.GenerateRequest(template=name, params={k: param_value(v) for k, v in params.items()})
     events = [event async for event in stack.stub.Generate(request)]
     assert events[-1].WhichOneof("kind") == "completed", events[-1]
     assert events[0].accepted.template == name
