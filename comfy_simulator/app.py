@@ -15,7 +15,7 @@ from .faults import Faults
 from .messaging import Messenger
 from .middleware import PROXY_PREFIX, fault_middleware, origin_middleware
 from .paths import Folders
-from .prompt_queue import PromptQueue, prompt_worker
+from .prompt_queue import PromptQueue, parallel_prompt_worker, prompt_worker
 from .proxy import SwarmProxy
 from .server import ComfyApi
 from .settings import SimulatorSettings
@@ -55,6 +55,7 @@ class Simulator:
         shutil.rmtree(s.temp_dir, ignore_errors=True)
         s.temp_dir.mkdir(parents=True, exist_ok=True)
         messenger = Messenger(self.faults, {}, lambda: {"exec_info": {"queue_remaining": 0}})
+        messenger.sent_hook = s.frame_sent_hook
         queue = PromptQueue(messenger, self.faults)
         executor = Executor(s, self.folders, messenger, self._letters)
         api = ComfyApi(s, self.faults, self.folders, messenger, queue, executor)
@@ -73,7 +74,13 @@ class Simulator:
         self.port = int(self._runner.addresses[0][1])
         await self._proxy.start(self.comfy_url)
         messenger.start()
-        self._worker = asyncio.create_task(prompt_worker(queue, executor, messenger))
+        if s.parallel_prompts > 1:
+            worker = parallel_prompt_worker(
+                queue, lambda: Executor(s, self.folders, messenger, self._letters), messenger, s.parallel_prompts
+            )
+        else:
+            worker = prompt_worker(queue, executor, messenger)
+        self._worker = asyncio.create_task(worker)
 
     async def stop(self) -> None:
         if self._worker is not None:

@@ -41,6 +41,7 @@ class Messenger:
         self._fault_state: dict[int, _SocketFaultState] = {}
         self._task: asyncio.Task[None] | None = None
         self.all_ws: set[web.WebSocketResponse] = set()
+        self.sent_hook: Callable[[dict[str, Any]], None] | None = None  # SimulatorSettings.frame_sent_hook
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._publish_loop())
@@ -92,6 +93,8 @@ class Messenger:
             log.debug("send to a closing socket failed: %s", exc)
             return
         state.sent += 1
+        if self.sent_hook is not None:
+            self.sent_hook(message)
         if limit is not None and state.sent >= limit:
             await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"fault: drop_socket_after_frames")
 

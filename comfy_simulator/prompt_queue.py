@@ -7,6 +7,7 @@ import copy
 import heapq
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .executor import Executor
@@ -133,3 +134,46 @@ async def prompt_worker(queue: PromptQueue, executor: Executor, messenger: Messe
         if queue.flags.pop("free_memory", False):
             executor.cache.clear()
         queue.flags.pop("unload_models", None)
+
+
+async def parallel_prompt_worker(
+    queue: PromptQueue, new_executor: Callable[[], Executor], messenger: Messenger, parallel: int
+) -> None:
+    """Benchmark mode (``SimulatorSettings.parallel_prompts``): up to ``parallel`` prompts at once, each on
+    its own executor, so the simulated work of many prompts overlaps. Same messages per prompt as
+    ``prompt_worker``; ComfyUI itself never does this."""
+    slots = asyncio.Semaphore(parallel)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run_one(item: QueueItem, item_id: int) -> None:
+        from .executor import RunResult
+
+        prompt_id = item[1]
+        extra_data = {**item[3], **item[5]}
+        client_id = extra_data.get("client_id")
+        try:
+            result = await new_executor().run(item[2], prompt_id, extra_data, item[4])
+        except Exception:
+            log.exception("prompt %s crashed the simulator's executor", prompt_id)
+            result = RunResult()
+        finally:
+            slots.release()
+        status = {
+            "status_str": "success" if result.success else "error",
+            "completed": result.success,
+            "messages": result.messages,
+        }
+        queue.task_done(item_id, {"outputs": result.outputs, "meta": result.meta}, status)
+        if client_id is not None:
+            messenger.send("executing", {"node": None, "prompt_id": prompt_id}, client_id)
+
+    try:
+        while True:
+            await slots.acquire()
+            item, item_id = await queue.get()
+            task = asyncio.create_task(run_one(item, item_id))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        for task in list(tasks):
+            task.cancel()

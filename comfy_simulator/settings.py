@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 RECORDED_ARGV = (
     "main.py",
@@ -68,6 +69,14 @@ class SimulatorSettings:
     model_files: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_MODEL_FILES, hash=False)
     # Letters of PreviewImage's ``ComfyUI_temp_<letters>_`` prefix; None = 5 random letters per start.
     temp_letters: str | None = None
+    # Benchmark hooks, off by default (the simulator then behaves exactly like ComfyUI):
+    # called with every websocket message ({"type", "data"}) right after it was handed to the socket,
+    # so a benchmark can stamp when each progress frame left the backend;
+    frame_sent_hook: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False, hash=False)
+    # how many prompts the worker runs at once. ComfyUI runs one; more lets a benchmark overlap the
+    # simulated work of many prompts. Each parallel prompt gets its own executor and output cache, and
+    # /interrupt and /free reach none of them.
+    parallel_prompts: int = 1
 
     @property
     def output_dir(self) -> Path:

@@ -1,0 +1,334 @@
+"""Scenario 2: many concurrent streams.
+
+a) N concurrent ``Generate`` streams, each run a ``SimulatedSampler`` of S steps over T seconds (about S
+   progress events per stream). The simulator runs every prompt at once (its opt-in ``parallel_prompts``
+   mode: ComfyUI itself runs one prompt at a time) and stamps each progress frame as it leaves; latency is
+   frame sent -> the client holding the matching ``node_progress`` event.
+b) W concurrent ``WatchRun`` watchers on R running runs (W/R per run) of one service process, against a bare
+   grpc.aio echo holding the same W streams and fanning out the same events (R runs x S events over T s).
+   Runs are submitted with the simulator's queue stalled; once every watcher holds its stream the queue is
+   released (the echo: its emitters start), so the CPU window covers live delivery only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from benchmarks.common import (
+    PROCESSES,
+    Row,
+    RssSampler,
+    cpu_seconds,
+    load_window,
+    percentile,
+    profiling,
+    wait_for_file,
+)
+from benchmarks.stack import Sim, start_service, start_sim
+from generation_service.v1 import generation_pb2 as pb
+from generation_service.v1 import generation_pb2_grpc as pb_grpc
+
+
+def sampler_workflow(steps: int, seconds: float, phase: float = 0.0) -> str:
+    """A sampler of ``steps`` steps over ``seconds`` then a small PNG; with ``phase`` > 0 a one-step sampler
+    of that length runs first, so runs released together still send their progress at spread-out times
+    (as the echo's emitters do)."""
+    graph: dict[str, Any] = {
+        "1": {"class_type": "SimulatedSampler", "inputs": {"steps": steps, "seconds": seconds}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench/s"}},
+    }
+    if phase > 0:
+        graph["0"] = {"class_type": "SimulatedSampler", "inputs": {"steps": 1, "seconds": round(phase, 3)}}
+        graph["1"]["inputs"]["images"] = ["0", 0]
+    return json.dumps(graph)
+
+
+def _clients(work: Path, name: str, procs: int, spec: dict[str, Any]) -> list[tuple[Any, Path, Path]]:
+    out = []
+    per, extra = divmod(spec["streams"], procs)
+    for p in range(procs):
+        s = dict(spec, streams=per + (1 if p < extra else 0))
+        s["ready_file"] = str(work / f"{name}-{p}.ready")
+        s["out_file"] = str(work / f"{name}-{p}.out.json")
+        spec_file = work / f"{name}-{p}.spec.json"
+        spec_file.write_text(json.dumps(s))
+        proc = PROCESSES.python("benchmarks.streamclient", str(spec_file), stderr=(work / f"{name}-{p}.log").open("wb"))
+        out.append((proc, Path(s["ready_file"]), Path(s["out_file"])))
+    return out
+
+
+def _wait_clients(clients: list[tuple[Any, Path, Path]], timeout: float) -> list[dict[str, Any]]:
+    results = []
+    for proc, _, out in clients:
+        proc.wait(timeout=timeout)
+        PROCESSES.stop(proc)
+        results.append(json.loads(out.read_text()))
+    return results
+
+
+def _latencies_ms(results: list[dict[str, Any]], frames: list[tuple[str, str, int, int]]) -> list[float]:
+    sent = {(p, n, v): t for p, n, v, t in frames if v >= 0}
+    lat = []
+    for r in results:
+        prompts = {int(k): v for k, v in r["prompts"].items()}
+        for pi, node, value, recv in r["progress"]:
+            t = sent.get((prompts[pi], node, value))
+            if t is not None:
+                lat.append((recv - t) / 1e6)
+    return lat
+
+
+def _merge_errors(results: list[dict[str, Any]]) -> dict[str, int]:
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    return errors
+
+
+def generate_streams(work: Path, streams: int, steps: int, seconds: float, channels: int) -> list[Row]:
+    sim = start_sim(work, "gen-sim", parallel=streams + 10)
+    service = start_service(work, "gen-service", sim.url, max_runs_in_flight=max(1000, streams + 10))
+    try:
+        rss0 = RssSampler(service.pid)
+        spec = {
+            "mode": "generate",
+            "target": service.target,
+            "streams": streams,
+            "channels": channels,
+            "workflow": sampler_workflow(steps, seconds),
+        }
+        with load_window() as window, profiling(service.pid, "service-generate"):
+            c0 = cpu_seconds(service.pid)
+            clients = _clients(work, "gen", 1, spec)
+            results = _wait_clients(clients, timeout=seconds * 6 + 120)
+            cpu = cpu_seconds(service.pid) - c0
+        peak = rss0.stop()
+        frames = sim.frames()
+    finally:
+        service.stop()
+        sim.stop()
+    lat = _latencies_ms(results, frames)
+    errors = _merge_errors(results)
+    n_err = sum(r["streams"] - r["completed"] for r in results)
+    progress_frames = sum(1 for f in frames if f[2] >= 0)
+    case = f"{streams} Generate streams x {steps} progress / {seconds:g} s"
+    load = window.foreign_cores
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    gaps = sum(r["gaps"] for r in results)
+    note = f"{len(lat)}/{progress_frames} progress events matched; errors: {errors or 'none'}; gaps {gaps}"
+    return [
+        Row(
+            "2a streams",
+            case,
+            "event latency p50",
+            p50,
+            None,
+            "ms",
+            "",
+            None,
+            load,
+            "backend frame sent -> client event",
+        ),
+        Row("2a streams", case, "event latency p99", p99, None, "ms", "<= 50 ms", p99 <= 50, load, note),
+        Row(
+            "2a streams",
+            case,
+            "service peak RSS",
+            peak,
+            None,
+            "MB",
+            "<= 300 MB",
+            peak <= 300,
+            load,
+            f"{rss0.start_mb:.0f} MB before",
+        ),
+        Row("2a streams", case, "streams not completed / errors", float(n_err), None, "", "0", n_err == 0, load, ""),
+        Row(
+            "2a streams",
+            case,
+            "service CPU",
+            cpu / window.seconds,
+            None,
+            "cores",
+            "",
+            None,
+            load,
+            f"{cpu * 1e6 / max(1, sum(r['events'] for r in results)):.0f} us per event delivered",
+        ),
+    ]
+
+
+def _submit_runs(target: str, workflows: list[str]) -> list[str]:
+    with grpc.insecure_channel(target) as ch:
+        stub = pb_grpc.GenerationServiceStub(ch)
+        return [stub.Submit(pb.GenerateRequest(workflow_json=w, workflow_name="watch")).run_id for w in workflows]
+
+
+def _watch_case(
+    work: Path, name: str, target: str, server_pid: int, spec: dict[str, Any], procs: int, start: Any, timeout: float
+) -> dict[str, Any]:
+    clients = _clients(work, name, procs, spec)
+    opened = [json.loads(wait_for_file(ready, timeout, proc)) for proc, ready, _ in clients]
+    rss_open = RssSampler(server_pid)
+    with load_window() as window, profiling(server_pid, name):
+        c0 = cpu_seconds(server_pid)
+        t0 = time.time_ns()
+        start()
+        results = _wait_clients(clients, timeout)
+        cpu = cpu_seconds(server_pid) - c0
+    peak = rss_open.stop()
+    live_events = sum(1 for r in results for t in r["recv_ns"] if t >= t0)
+    return {
+        "results": results,
+        "cpu": cpu,
+        "live_events": live_events,
+        "window": window,
+        "peak": peak,
+        "opened_s": max(o["opened_s"] for o in opened),
+        "t0": t0,
+    }
+
+
+def watchers(work: Path, watchers: int, runs: int, steps: int, seconds: float, procs: int, channels: int) -> list[Row]:
+    timeout = seconds * 6 + 180
+    base = {"streams": watchers, "channels": channels, "runs": runs}
+    # the bare echo first
+    ready = work / "echo.ready"
+    echo = PROCESSES.python(
+        "benchmarks.echo",
+        "--runs",
+        str(runs),
+        "--steps",
+        str(steps),
+        "--seconds",
+        str(seconds),
+        "--ready-file",
+        str(ready),
+        stderr=(work / "echo.log").open("wb"),
+    )
+    try:
+        port = json.loads(wait_for_file(ready, 30, echo))["port"]
+        e = _watch_case(
+            work,
+            "echo",
+            f"127.0.0.1:{port}",
+            echo.pid,
+            dict(base, mode="echo", target=f"127.0.0.1:{port}"),
+            procs,
+            lambda: os.kill(echo.pid, signal.SIGUSR2),
+            timeout,
+        )
+    finally:
+        PROCESSES.stop(echo)
+    # the service
+    sim: Sim = start_sim(work, "watch-sim", parallel=runs + 10, stalled=True)
+    service = start_service(work, "watch-service", sim.url, max_runs_in_flight=max(1000, runs + 10))
+    try:
+        # the same phases as the echo's emitters: run r starts (r / runs) of a step interval late
+        phases = [0.001 + (r / runs) * (seconds / steps) for r in range(runs)]
+        run_ids = _submit_runs(service.target, [sampler_workflow(steps, seconds, p) for p in phases])
+        s = _watch_case(
+            work,
+            "watch",
+            service.target,
+            service.pid,
+            dict(base, mode="watch", target=service.target, run_ids=run_ids),
+            procs,
+            sim.release,
+            timeout,
+        )
+        frames = sim.frames()
+    finally:
+        service.stop()
+        sim.stop()
+    e_lat = [x / 1e6 for r in e["results"] for x in r["echo_lat_ns"]]
+    s_lat = _latencies_ms(s["results"], frames)
+    case = f"{watchers} watchers on {runs} runs x {steps} progress / {seconds:g} s"
+    case += f", {procs} client procs x {channels} conns"
+    rows = []
+    for d in (s, e):
+        lost = sum(r["streams"] - r["terminal"] for r in d["results"])
+        d["lost"] = lost
+        d["errors"] = _merge_errors(d["results"])
+        d["cpu_us"] = d["cpu"] / max(1, d["live_events"]) * 1e6
+    load = max(s["window"].foreign_cores, e["window"].foreign_cores)
+    ratio_ok = s["cpu_us"] <= 2 * e["cpu_us"]
+    rows.append(
+        Row(
+            "2b watchers",
+            case,
+            "streams lost",
+            float(s["lost"]),
+            float(e["lost"]),
+            "",
+            "0",
+            s["lost"] == 0,
+            s["window"].foreign_cores,
+            f"service errors: {s['errors'] or 'none'}; echo errors: {e['errors'] or 'none'}",
+        )
+    )
+    rows.append(
+        Row(
+            "2b watchers",
+            case,
+            "event latency p50",
+            percentile(s_lat, 50),
+            percentile(e_lat, 50),
+            "ms",
+            "",
+            None,
+            s["window"].foreign_cores,
+            "service: backend frame -> watcher; echo: broadcast -> watcher",
+        )
+    )
+    rows.append(
+        Row(
+            "2b watchers",
+            case,
+            "event latency p99",
+            percentile(s_lat, 99),
+            percentile(e_lat, 99),
+            "ms",
+            "<= 50 ms",
+            percentile(s_lat, 99) <= 50,
+            s["window"].foreign_cores,
+            f"echo load {e['window'].foreign_cores:.2f}",
+        )
+    )
+    rows.append(
+        Row(
+            "2b watchers",
+            case,
+            "server CPU per delivered event",
+            s["cpu_us"],
+            e["cpu_us"],
+            "us",
+            "ratio <= 2",
+            ratio_ok,
+            load,
+            f"live events delivered: service {s['live_events']}, echo {e['live_events']}",
+        )
+    )
+    rows.append(
+        Row(
+            "2b watchers",
+            case,
+            "server peak RSS",
+            s["peak"],
+            e["peak"],
+            "MB",
+            "",
+            None,
+            load,
+            f"all streams open after {s['opened_s']:.1f} s (echo {e['opened_s']:.1f} s)",
+        )
+    )
+    return rows
