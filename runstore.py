@@ -261,9 +261,10 @@ def _fsync_dir(path: Path) -> None:
 class PartialFile:
     """A file being written beside its final place, invisible to readers until ``commit``.
 
-    The temp name starts with a dot and ends in ``.partial``; ``commit`` fsyncs the data, renames it
-    to its final name (chosen only then, e.g. once the content's format is known) and fsyncs the
-    folder. ``discard`` (or leaving the ``with`` block without committing) removes it.
+    The temp name starts with a dot and ends in ``.partial``; ``commit`` renames it to its final name
+    (chosen only then, e.g. once the content's format is known). A durable commit also fsyncs the data
+    before and the folder after, so the file survives a machine crash; a reader never sees a torn file
+    either way. ``discard`` (or leaving the ``with`` block without committing) removes it.
     """
 
     def __init__(self, directory: Path, hint: str = "file") -> None:
@@ -271,13 +272,15 @@ class PartialFile:
         self.path = Path(name)
         self.file: IO[bytes] = os.fdopen(fd, "wb")
 
-    def commit(self, final: Path) -> None:
+    def commit(self, final: Path, durable: bool = True) -> None:
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if durable:
+            os.fsync(self.file.fileno())
         self.file.close()
         os.chmod(self.path, 0o644)  # mkstemp makes 0600; the gateway may run as another user
         os.replace(self.path, final)
-        _fsync_dir(final.parent)
+        if durable:
+            _fsync_dir(final.parent)
 
     def discard(self) -> None:
         self.file.close()
@@ -287,12 +290,16 @@ class PartialFile:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove the temp file unless it was committed."""
         if not self.file.closed or self.path.exists():
             self.discard()
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+def atomic_file(path: Path, durable: bool = True) -> Iterator[IO[bytes]]:
     """Open a temp file beside ``path``; on a clean exit it replaces ``path`` atomically.
 
     On an exception the temp file is removed and ``path`` is untouched, so a reader sees either the
@@ -300,12 +307,21 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """
     with PartialFile(path.parent, path.name) as partial:
         yield partial.file
-        partial.commit(path)
+        partial.commit(path, durable)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    with atomic_file(path) as fh:
-        fh.write(json.dumps(data, indent=2, ensure_ascii=False).encode())
+def metadata_text(data: Any) -> str:
+    """How run storage writes JSON (indented, UTF-8 as is)."""
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def write_text_atomic(path: Path, text: str, durable: bool = True) -> None:
+    with atomic_file(path, durable) as fh:
+        fh.write(text.encode())
+
+
+def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
+    write_text_atomic(path, metadata_text(data), durable)
 
 
 class RunStore:

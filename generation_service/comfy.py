@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 DOWNLOAD_CHUNK = 1 << 20
 _RETRY_BASE_S = 0.2
+QUEUE_SNAPSHOT_S = 0.5
 _RECONNECT_MIN_S = 0.1
 _RECONNECT_MAX_S = 5.0
 
@@ -79,6 +81,8 @@ class ComfyBackend:
         self._connected = asyncio.Event()
         self._subscriptions: dict[str, Subscription] = {}
         self._closing = False
+        self._queue_fetch: asyncio.Future[dict[str, QueueState]] | None = None
+        self._queue_fetched_at = 0.0
         self.connections = 0  # websocket connections opened so far (reconnects = connections - 1)
         self.on_reconnect: Callable[[], None] = lambda: None
         self._socket_failing = False  # the last connection attempt failed: do not wait for the socket
@@ -253,7 +257,7 @@ class ComfyBackend:
         except BackendUnavailable:
             # The POST may have been applied before the connection broke: we chose the prompt id, so ask.
             with contextlib.suppress(GenerationError):
-                if await self.queue_state(sub.prompt_id) or await self.history(sub.prompt_id):
+                if await self.queue_state(sub.prompt_id, max_age_s=0) or await self.history(sub.prompt_id):
                     logger.warning("prompt %s was queued although its POST failed", sub.prompt_id)
                     return {}
             raise
@@ -282,15 +286,36 @@ class ComfyBackend:
         entry = data.get(prompt_id) if isinstance(data, dict) else None
         return parse_history_entry(entry) if isinstance(entry, dict) else None
 
-    async def queue_state(self, prompt_id: str) -> QueueState | None:
-        """Where the prompt is in the backend's queue; None when it is neither running nor pending."""
+    async def queue_state(self, prompt_id: str, max_age_s: float = QUEUE_SNAPSHOT_S) -> QueueState | None:
+        """Where the prompt is in the backend's queue; None when it is neither running nor pending.
+
+        ``/queue`` lists every prompt with its whole graph, so with many runs waiting, one fetch per run
+        per look would grow quadratically: all runs share one snapshot at most ``max_age_s`` old.
+        """
+        return (await self._queue_snapshot(max_age_s)).get(prompt_id)
+
+    async def _queue_snapshot(self, max_age_s: float) -> dict[str, QueueState]:
+        if max_age_s <= 0:
+            return await self._fetch_queue()  # must reflect everything done before this call
+        if self._queue_fetch is not None and not self._queue_fetch.done():
+            return await asyncio.shield(self._queue_fetch)  # join the fetch in flight
+        if self._queue_fetch is not None and time.monotonic() - self._queue_fetched_at <= max_age_s:
+            return self._queue_fetch.result()
+        self._queue_fetch = asyncio.ensure_future(self._fetch_queue())
+        try:
+            return await asyncio.shield(self._queue_fetch)
+        except GenerationError:
+            self._queue_fetch = None  # failures are not cached
+            raise
+
+    async def _fetch_queue(self) -> dict[str, QueueState]:
         data = await self._json("GET", "queue")
+        self._queue_fetched_at = time.monotonic()
         running = [item[1] for item in data.get("queue_running", [])]
-        if prompt_id in running:
-            return QueueState(running=True, ahead=0)
         pending = sorted(data.get("queue_pending", []), key=lambda item: item[0])  # heap order on the wire
-        ids = [item[1] for item in pending]
-        return QueueState(running=False, ahead=len(running) + ids.index(prompt_id)) if prompt_id in ids else None
+        states = {prompt_id: QueueState(running=True, ahead=0) for prompt_id in running}
+        states.update({item[1]: QueueState(running=False, ahead=len(running) + i) for i, item in enumerate(pending)})
+        return states
 
     async def cancel(self, prompt_id: str) -> None:
         """Remove the prompt from the queue if pending, and interrupt it if running.

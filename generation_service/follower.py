@@ -148,7 +148,10 @@ class Follower:
         keep-alive is due. Ends the run when the prompt finished or the backend forgot it."""
         self.next_look = time.time() + (self.policy.poll_s if self.sub.blind else self.policy.keepalive_s)
         try:
-            state = await self.backend.queue_state(self.sub.prompt_id)
+            # A shared snapshot shows a prompt that is queued; only a fresh one may say it is gone.
+            state = await self.backend.queue_state(self.sub.prompt_id) or await self.backend.queue_state(
+                self.sub.prompt_id, max_age_s=0
+            )
             entry = None if state else await self.backend.history(self.sub.prompt_id)
         except GenerationError:
             self.poll_failures += 1
@@ -231,7 +234,7 @@ class Follower:
         give_up = time.time() + self.policy.cancel_confirm_s
         while time.time() < give_up:
             with contextlib.suppress(GenerationError):
-                if await self.backend.queue_state(self.sub.prompt_id) is None:
+                if await self.backend.queue_state(self.sub.prompt_id, max_age_s=0) is None:
                     return outcome
             # Wait for the prompt's final frame, or poll again; other requests are moot now.
             item = await self._next(min(self.policy.poll_s, give_up - time.time()))
@@ -322,6 +325,7 @@ class Follower:
                 },
             }
         )
+        await self.record.written()  # the gateway finds the output before anyone is told about it
         logger.info("run %s stored %s (%d bytes)", self.handle.run_id, file.filename, file.size_bytes, extra=self.log)
         return ev.StoredOutput(
             kind=kind,
@@ -349,7 +353,7 @@ class Follower:
         else:
             status = RunStatus.CANCELLED
             fields["cancel_reason"] = outcome.reason
-        await self.record.update(status=status, current_state={"step": status.value}, **fields)
+        await self.record.update(status=status, current_state={"step": status.value}, durable=True, **fields)
         self.handle.publish(outcome)
         self.metrics.runs.labels(outcome=status.value, template=self.template).inc()
         if isinstance(outcome, ev.Completed):

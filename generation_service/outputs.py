@@ -52,7 +52,10 @@ async def store(chunks: AsyncIterator[bytes], run_dir: Path, sequence: int, back
     digest = hashlib.sha256()
     head = b""
     size = 0
-    with PartialFile(run_dir, "download") as partial:
+    # Every filesystem call runs on a worker thread: creating and fsyncing files can take milliseconds,
+    # and the event loop is delivering other runs' progress meanwhile.
+    partial = await asyncio.to_thread(PartialFile, run_dir, "download")
+    try:
         async for chunk in chunks:
             if len(head) < SNIFF_BYTES:
                 head += chunk[: SNIFF_BYTES - len(head)]
@@ -62,4 +65,6 @@ async def store(chunks: AsyncIterator[bytes], run_dir: Path, sequence: int, back
         fmt = detect_format(head, backend_name)
         filename = entity_filename(sequence, fmt.kind.entity_type, fmt.ext)
         await asyncio.to_thread(partial.commit, run_dir / filename)
+    finally:
+        await asyncio.to_thread(partial.cleanup)
     return StoredFile(filename=filename, format=fmt, size_bytes=size, sha256=digest.hexdigest())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,11 @@ from runstore import (
     RunStatus,
     RunStore,
     entity_filename,
+    metadata_text,
     output_entities,
     utc_now,
     write_json_atomic,
+    write_text_atomic,
 )
 
 
@@ -55,6 +56,9 @@ class RunSummary:
     params: dict[str, Any]
 
 
+PROGRESS_WRITE_DELAY_S = 0.25
+
+
 class RunRecord:
     """The writer's view of one run folder. Only the runner that owns the run writes it."""
 
@@ -69,7 +73,9 @@ class RunRecord:
         self.run_id = run_id
         self.metadata = metadata
         self.on_change = on_change
-        self._lock = asyncio.Lock()  # keeps writes in order: the last state written is the latest
+        self._lock = asyncio.Lock()  # one write at a time; each writes the latest state
+        self._pending = False
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     def create(
@@ -91,7 +97,7 @@ class RunRecord:
         """Create the run folder with its archived workflow (entity 1) and first metadata.json."""
         run_dir = store.create_run(run_id)
         archive = entity_filename(1, "workflow", "json")
-        write_json_atomic(run_dir / archive, workflow)
+        write_json_atomic(run_dir / archive, workflow, durable=False)  # metadata.json below is the record
         now = utc_now()
         metadata: dict[str, Any] = {
             "run_id": run_id,
@@ -117,7 +123,8 @@ class RunRecord:
                 },
             ],
         }
-        write_json_atomic(store.metadata_path(run_id), metadata)
+        # Not fsynced: a killed process loses nothing; only a machine crash could lose runs in flight.
+        write_json_atomic(store.metadata_path(run_id), metadata, durable=False)
         return cls(store, run_id, metadata)
 
     @property
@@ -150,19 +157,52 @@ class RunRecord:
         }
 
     async def update(
-        self, *, status: RunStatus | None = None, entity: dict[str, Any] | None = None, **fields: Any
+        self,
+        *,
+        status: RunStatus | None = None,
+        entity: dict[str, Any] | None = None,
+        durable: bool = False,
+        **fields: Any,
     ) -> None:
-        """Apply the changes and write metadata.json (off the event loop: it fsyncs)."""
+        """Apply the changes to the record and write metadata.json.
+
+        A durable update (a new output, the final state) is written and fsynced before this returns.
+        Progress (status and current_state while the run goes on) is written in the background without
+        fsync, coalesced to the latest state: the event journal already has every step, and a run's
+        progress must never wait for a disk. Readers see a whole file either way.
+        """
         if status is not None:
             self.metadata["status"] = status.value
         if entity is not None:
             self.metadata["entities"].append(entity)
         self.metadata.update(fields)
-        snapshot = json.loads(json.dumps(self.metadata))  # later changes must not race the writer thread
-        async with self._lock:
-            await asyncio.to_thread(write_json_atomic, self.store.metadata_path(self.run_id), snapshot)
         if self.on_change is not None:
-            self.on_change(snapshot)
+            self.on_change(self.metadata)
+        if durable:
+            self._pending = False
+            await self._write(durable=True)
+            return
+        self._pending = True
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name=f"metadata-{self.run_id}")
+
+    async def _flush(self) -> None:
+        # A short delay coalesces the bursts of a run's start (queued, running, the first nodes) into
+        # one write; a quick run reaches its durable final write first and writes no progress at all.
+        await asyncio.sleep(PROGRESS_WRITE_DELAY_S)
+        while self._pending:
+            self._pending = False
+            await self._write(durable=False)
+
+    async def _write(self, durable: bool) -> None:
+        async with self._lock:
+            text = metadata_text(self.metadata)  # serialised here: later changes must not race the writer thread
+            await asyncio.to_thread(write_text_atomic, self.store.metadata_path(self.run_id), text, durable)
+
+    async def written(self) -> None:
+        """Write the current state now (without fsync), e.g. before telling anyone about a new output."""
+        self._pending = False
+        await self._write(durable=False)
 
 
 def failure_to_json(failure: ev.Failed) -> dict[str, Any]:

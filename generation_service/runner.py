@@ -230,11 +230,12 @@ class Runner:
                 status=RunStatus.FAILED,
                 current_state={"step": "rejected"},
                 finished_at=utc_now(),
+                durable=True,
                 error=failure_to_json(ev.Failed(code, str(exc), node_errors=problems)),
             )
             logger.info("run %s rejected: %s", record.run_id, exc, extra=_context(record))
             raise
-        handle = self._attach(record, sub, graph, past=[])
+        handle = await self._attach(record, sub, past=[])
         handle.publish(
             ev.Accepted(
                 record.prompt_id, self.backend.public_url, spec.workflow_name, spec.template, tuple(seeds.items())
@@ -246,8 +247,9 @@ class Runner:
         self._follow(handle, record, sub, graph)
         return handle
 
-    def _attach(self, record: RunRecord, sub: Any, graph: dict[str, Any], past: list[ev.RunEvent]) -> RunHandle:
-        handle = RunHandle(record.run_id, sub.frames, journal.Journal(record.run_dir), past)
+    async def _attach(self, record: RunRecord, sub: Any, past: list[ev.RunEvent]) -> RunHandle:
+        log = await asyncio.to_thread(journal.Journal, record.run_dir)  # opening a file may take a while
+        handle = RunHandle(record.run_id, sub.frames, log, past)
         self.runs[record.run_id] = handle
         return handle
 
@@ -359,11 +361,11 @@ class Runner:
         graph = json.loads((record.run_dir / "01_workflow.json").read_text())
         sub = self.backend.subscribe(record.prompt_id)
         sub.blind = True  # its events went to the previous process's socket
-        handle = self._attach(record, sub, graph, past)
+        handle = await self._attach(record, sub, past)
         if not past:
             # The service stopped between recording the run and announcing it: did the POST land?
             if (
-                await self.backend.queue_state(record.prompt_id) is None
+                await self.backend.queue_state(record.prompt_id, max_age_s=0) is None
                 and await self.backend.history(record.prompt_id) is None
             ):
                 self.backend.unsubscribe(sub)
@@ -371,6 +373,7 @@ class Runner:
                 await record.update(
                     status=RunStatus.FAILED,
                     finished_at=utc_now(),
+                    durable=True,
                     error=failure_to_json(
                         ev.Failed(
                             ev.FailureCode.PROMPT_LOST, "the service restarted before the backend took the prompt"
