@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from generation_service.comfy_replies import FileRef, NodeOutput
 from runstore import SNIFF_BYTES, MediaFormat, PartialFile, detect_format, entity_filename
@@ -46,25 +47,38 @@ def select_downloads(outputs: Iterable[NodeOutput], include_previews: bool) -> l
     ]
 
 
+def _hash_and_write(digest: Any, partial: PartialFile, chunk: bytes) -> None:
+    digest.update(chunk)
+    partial.file.write(chunk)
+
+
 async def store(chunks: AsyncIterator[bytes], run_dir: Path, sequence: int, backend_name: str) -> StoredFile:
     """Write the chunks to a hidden temp file in the run folder, then rename it to
-    ``NN_output_<kind>.<ext>`` with the kind decided from the content. Memory stays at one chunk."""
+    ``NN_output_<kind>.<ext>`` with the kind decided from the content. Memory stays at two chunks."""
     digest = hashlib.sha256()
     head = b""
     size = 0
     # Every filesystem call runs on a worker thread: creating and fsyncing files can take milliseconds,
     # and the event loop is delivering other runs' progress meanwhile.
     partial = await asyncio.to_thread(PartialFile, run_dir, "download")
+    writing: asyncio.Future[None] | None = None
     try:
         async for chunk in chunks:
             if len(head) < SNIFF_BYTES:
                 head += chunk[: SNIFF_BYTES - len(head)]
-            digest.update(chunk)
             size += len(chunk)
-            await asyncio.to_thread(partial.file.write, chunk)
+            # Hashing a 1 MiB chunk takes about a millisecond: a worker thread hashes and writes one
+            # chunk while the next one is received (hashlib releases the GIL). Two chunks in memory.
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(asyncio.to_thread(_hash_and_write, digest, partial, chunk))
+        if writing is not None:
+            await writing
         fmt = detect_format(head, backend_name)
         filename = entity_filename(sequence, fmt.kind.entity_type, fmt.ext)
         await asyncio.to_thread(partial.commit, run_dir / filename)
     finally:
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])  # never remove the file under a write in progress
         await asyncio.to_thread(partial.cleanup)
     return StoredFile(filename=filename, format=fmt, size_bytes=size, sha256=digest.hexdigest())
