@@ -8,7 +8,6 @@ RunHandle, so a run is not tied to the connection that started it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from generation_service import events as ev
-from generation_service import journal, workflow
+from generation_service import journal, run_index, workflow
 from generation_service.comfy import ComfyBackend
 from generation_service.comfy_replies import node_problems
 from generation_service.errors import (
@@ -33,6 +32,7 @@ from generation_service.errors import (
 from generation_service.follower import Follower, FollowPolicy
 from generation_service.metrics import Metrics
 from generation_service.run_handle import RunHandle
+from generation_service.run_index import RunIndex
 from generation_service.run_record import RunOptions, RunRecord, RunSummary, failure_to_json, summarize
 from generation_service.templating import DEFAULT_MAX_MEDIA_BYTES, ParamValue, TemplateCatalog, bind_uploads
 from runstore import PARTIAL_SUFFIX, InvalidRunId, RunStatus, RunStore, new_run_id, parse_run_id, utc_now
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 SOCKET_WAIT_S = 5.0  # how long a submission waits for the backend websocket before relying on polling
 MAX_REQUEST_ID = 128
-MAX_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -77,14 +76,6 @@ class _Prepared:
     seeds: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class _IndexEntry:
-    created: str
-    status: RunStatus
-    request_id: str
-    fingerprint: str
-
-
 class Runner:
     """Starts runs and keeps them going; shared by every RPC of the process."""
 
@@ -110,8 +101,7 @@ class Runner:
         self.metrics.runs_in_flight.set_function(lambda: len(self.runs))
         self.max_in_flight = max_in_flight
         self.runs: dict[str, RunHandle] = {}  # live runs only
-        self._index: dict[str, _IndexEntry] = {}
-        self._requests: dict[str, str] = {}  # request_id -> run_id, for accepted runs
+        self.index = RunIndex()
         self._request_locks: dict[str, asyncio.Lock] = {}
         self._submitting = 0
 
@@ -126,8 +116,9 @@ class Runner:
             return await self._start_new(spec)
         # One submission per request_id at a time, so simultaneous retries cannot start two runs.
         async with self._request_locks.setdefault(spec.request_id, asyncio.Lock()):
-            if (run_id := self._requests.get(spec.request_id)) is not None:
-                if self._index[run_id].fingerprint != spec.fingerprint:
+            if (known := self.index.run_for_request(spec.request_id)) is not None:
+                run_id, fingerprint = known
+                if fingerprint != spec.fingerprint:
                     raise RequestConflict(
                         f"request_id {spec.request_id!r} was already used for a different request (run {run_id}); "
                         "use a new request_id for a new request"
@@ -167,7 +158,7 @@ class Runner:
                 params=prepared.params,
                 seeds=prepared.seeds,
             )
-            self._track(record)
+            self.index.track(record)
             submission = asyncio.create_task(self._submit(record, submitted, graph, spec, prepared.seeds))
             try:
                 # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
@@ -242,7 +233,7 @@ class Runner:
             )
         )
         if spec.request_id:
-            self._requests[spec.request_id] = record.run_id
+            self.index.remember_request(spec.request_id, record.run_id)
         logger.info("run %s accepted as prompt %s", record.run_id, record.prompt_id, extra=_context(record))
         self._follow(handle, record, sub, graph)
         return handle
@@ -258,20 +249,6 @@ class Runner:
         handle.task = asyncio.create_task(follower.run(), name=f"run-{record.run_id}")
         handle.task.add_done_callback(lambda _: self.runs.pop(record.run_id, None))
 
-    def _track(self, record: RunRecord) -> None:
-        meta = record.metadata
-        self._index[record.run_id] = _IndexEntry(
-            str(meta["timestamp"]),
-            record.status,
-            str(meta.get("request_id") or ""),
-            str(meta.get("request_fingerprint") or ""),
-        )
-
-        def on_change(metadata: dict[str, Any]) -> None:
-            self._index[record.run_id].status = RunStatus(metadata["status"])
-
-        record.on_change = on_change
-
     # -- reading ----------------------------------------------------------------------------------
 
     def _replay(self, run_id: str) -> RunHandle:
@@ -283,7 +260,7 @@ class Runner:
             parse_run_id(run_id)
         except InvalidRunId as exc:
             raise InvalidRequest(f"run_id {run_id[:80]!r}: {exc}") from exc
-        if run_id not in self._index:
+        if run_id not in self.index:
             raise RunNotFound(f"no run {run_id}")
         return run_id
 
@@ -306,18 +283,8 @@ class Runner:
         self, statuses: frozenset[RunStatus], page_size: int, page_token: str
     ) -> tuple[list[RunSummary], str]:
         """Runs newest first; the token is the position after the last run of the previous page."""
-        size = page_size or 50
-        if not 1 <= size <= MAX_PAGE:
-            raise InvalidRequest(f"page_size must be between 1 and {MAX_PAGE}")
-        after = _decode_token(page_token)
-        ordered = sorted(
-            ((e.created, run_id) for run_id, e in self._index.items() if not statuses or e.status in statuses),
-            reverse=True,
-        )
-        rest = [key for key in ordered if after is None or key < after]
-        page = rest[:size]
-        summaries = [await self.get(run_id) for _, run_id in page]
-        return summaries, _encode_token(page[-1]) if len(rest) > size else ""
+        run_ids, token = self.index.page(statuses, page_size, page_token)
+        return [await self.get(run_id) for run_id in run_ids], token
 
     async def cancel(self, run_id: str, reason: str) -> RunSummary:
         """Cancel a run and wait until it has ended; a finished run is returned as it is."""
@@ -331,28 +298,17 @@ class Runner:
 
     async def recover(self) -> int:
         """Index run storage and re-attach every unfinished run by its prompt id; returns how many."""
-        metadata_list = await asyncio.to_thread(self._scan)
+        metadata_list = await asyncio.to_thread(run_index.scan, self.store)
         resumed = 0
         for metadata in metadata_list:
             record = RunRecord(self.store, str(metadata["run_id"]), metadata)
-            self._track(record)
+            self.index.track(record)
             if record.metadata.get("request_id") and (record.run_dir / journal.EVENTS_FILE).exists():
-                self._requests[str(record.metadata["request_id"])] = record.run_id
+                self.index.remember_request(str(record.metadata["request_id"]), record.run_id)
             if not record.status.is_terminal:
                 await self._resume(record)
                 resumed += 1
         return resumed
-
-    def _scan(self) -> list[dict[str, Any]]:
-        found = []
-        for path in self.store.root.iterdir() if self.store.root.is_dir() else ():
-            try:
-                metadata = self.store.read_metadata(parse_run_id(path.name))
-            except InvalidRunId:
-                continue
-            if metadata is not None and metadata.get("run_id") == path.name:
-                found.append(metadata)
-        return found
 
     async def _resume(self, record: RunRecord) -> None:
         for leftover in record.run_dir.glob(f".*{PARTIAL_SUFFIX}"):
@@ -418,17 +374,3 @@ def _context(record: RunRecord) -> dict[str, str]:
 def _cancel_if_accepted(submission: asyncio.Task[RunHandle]) -> None:
     if not submission.cancelled() and submission.exception() is None:
         submission.result().cancel("the client went away before the run was accepted")
-
-
-def _encode_token(key: tuple[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[str, str] | None:
-    if not token:
-        return None
-    try:
-        created, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return str(created), str(run_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest("page_token is not one this service issued") from exc

@@ -1,0 +1,93 @@
+"""What the service knows about every run in its storage: status and creation time for listing and
+paging, request ids for idempotent retries. Built by scanning run storage at start-up, kept current
+from each run's record."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from generation_service.errors import InvalidRequest
+from generation_service.run_record import RunRecord
+from runstore import InvalidRunId, RunStatus, RunStore, parse_run_id
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 50
+
+
+@dataclass
+class _Entry:
+    created: str
+    status: RunStatus
+    fingerprint: str
+
+
+class RunIndex:
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._requests: dict[str, str] = {}  # request_id -> run_id, for runs that were accepted
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._entries
+
+    def track(self, record: RunRecord) -> None:
+        """Index a run and follow its status changes."""
+        meta = record.metadata
+        entry = _Entry(str(meta["timestamp"]), record.status, str(meta.get("request_fingerprint") or ""))
+        self._entries[record.run_id] = entry
+
+        def on_change(metadata: dict[str, Any]) -> None:
+            entry.status = RunStatus(metadata["status"])
+
+        record.on_change = on_change
+
+    def remember_request(self, request_id: str, run_id: str) -> None:
+        self._requests[request_id] = run_id
+
+    def run_for_request(self, request_id: str) -> tuple[str, str] | None:
+        """The run a request id started and that request's fingerprint, or None."""
+        run_id = self._requests.get(request_id)
+        return (run_id, self._entries[run_id].fingerprint) if run_id else None
+
+    def page(self, statuses: frozenset[RunStatus], page_size: int, page_token: str) -> tuple[list[str], str]:
+        """Run ids newest first, after the position ``page_token`` names; and the next page's token."""
+        size = page_size or DEFAULT_PAGE
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidRequest(f"page_size must be between 1 and {MAX_PAGE}")
+        after = _decode_token(page_token)
+        ordered = sorted(
+            ((e.created, run_id) for run_id, e in self._entries.items() if not statuses or e.status in statuses),
+            reverse=True,
+        )
+        rest = [key for key in ordered if after is None or key < after]
+        page = rest[:size]
+        return [run_id for _, run_id in page], _encode_token(page[-1]) if len(rest) > size else ""
+
+
+def scan(store: RunStore) -> list[dict[str, Any]]:
+    """The metadata of every run folder in run storage (blocking: run it on a worker thread)."""
+    found = []
+    for path in store.root.iterdir() if store.root.is_dir() else ():
+        try:
+            metadata = store.read_metadata(parse_run_id(path.name))
+        except InvalidRunId:
+            continue
+        if metadata is not None and metadata.get("run_id") == path.name:
+            found.append(metadata)
+    return found
+
+
+def _encode_token(key: tuple[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[str, str] | None:
+    if not token:
+        return None
+    try:
+        created, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(created), str(run_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest("page_token is not one this service issued") from exc
