@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.common import PROCESSES, Row, load_window, profiling, tree_cpu_seconds
-from media_gateway.bench import _make_run
+from media_gateway.bench import make_run
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "deploy" / "nginx" / "media-gateway.conf"
@@ -135,7 +135,7 @@ def run(work: Path, seconds: float, conns: tuple[int, ...], sizes_scale: float =
     files = []
     for label, kind, ext, size in FILES:
         size = max(64 * KiB, int(size * sizes_scale)) if size > 64 * KiB else size
-        run_id = _make_run(runs, kind, ext, size)
+        run_id = make_run(runs, kind, ext, size)
         name = next(p.name for p in (runs / run_id).iterdir() if p.name.startswith("02_"))
         files.append((f"{label if sizes_scale == 1 else f'{size // KiB} KiB {ext}'}", kind, run_id, name))
     gran, gran_url = _gateway(work, runs, "granian", accel=False)

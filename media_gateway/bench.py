@@ -30,7 +30,7 @@ CASES = [  # (label, file, extra wrk arguments)
 ]
 
 
-def _make_run(root: Path, kind: str, ext: str, size: int) -> str:
+def make_run(root: Path, kind: str, ext: str, size: int) -> str:
     run_id = new_run_id()
     run_dir = RunStore(root).create_run(run_id)
     name = entity_filename(2, f"output_{kind}", ext)
@@ -82,7 +82,7 @@ def main() -> int:
         parser.error("needs wrk (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
-        ids = {"image": _make_run(runs, "image", "png", 64 * 1024), "video": _make_run(runs, "video", "mp4", 8 << 20)}
+        ids = {"image": make_run(runs, "image", "png", 64 * 1024), "video": make_run(runs, "video", "mp4", 8 << 20)}
         print("| case | server | req/s | MiB/s |\n|---|---|---|---|")
         for server in ("uvicorn", "granian"):
             with _gateway(server, runs) as base:
