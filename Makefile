@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROTO := protos/generation_service/v1/generation.proto
 
-.PHONY: help install protos protos-check lint format typecheck test check demo bench clean
+.PHONY: help install system-deps protos protos-check lint format typecheck test check demo bench clean
 
 help:
 	@echo "install     create $(VENV) and install the project with its dev tools"
@@ -19,15 +19,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-install: $(BIN)/python
+# Installed once per change of pyproject.toml: every target below works from a fresh clone.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
 
-protos:
+install: $(VENV)/.installed
+
+system-deps:
+	scripts/system-deps.sh
+
+protos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
 		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=async_only:. $(PROTO)
 
 # Regenerates into a scratch copy and fails when the checked-in code differs.
-protos-check:
+protos-check: install
 	@tmp=$$(mktemp -d) && \
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
 		--python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=$$tmp --mypy_grpc_out=async_only:$$tmp $(PROTO) && \
@@ -35,7 +42,7 @@ protos-check:
 		cmp -s $$tmp/$$f $$f || { echo "generated code is stale: $$f (run 'make protos')"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is up to date"
 
-lint: protos-check
+lint: install protos-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -44,12 +51,12 @@ format:
 	$(BIN)/ruff check --fix .
 
 # Our code strictly; tests (a folder of modules, not a package) with untyped test functions allowed.
-typecheck:
+typecheck: install
 	$(BIN)/mypy generation_service generation_client media_gateway comfy_simulator genctl benchmarks runstore.py logformat.py scripts
 	$(BIN)/mypy tests --allow-untyped-defs --allow-incomplete-defs --check-untyped-defs \
 		--disable-error-code type-arg --disable-error-code no-any-return
 
-test:
+test: install system-deps
 	$(BIN)/pytest -q
 
 check: lint typecheck test

@@ -2,7 +2,7 @@
 
 A run made through the generation service (image, MP3, H.264/AAC MP4) is opened at the gateway's
 ``/runs/<run_id>``; then the same media is played from a page on another origin against a gateway with
-CORS configured. Nothing is downloaded: the browser is the ``chromium`` package (.ci/run installs it).
+CORS configured. Nothing is downloaded: the browser is the ``chromium`` package (`make test` installs it).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ class DevTools:
 @pytest.fixture
 async def devtools(tmp_path: Path) -> AsyncIterator[DevTools]:
     binary = shutil.which("chromium")
-    assert binary is not None, "Debian's chromium package is required (.ci/run installs it)"
+    assert binary is not None, "Debian's chromium package is required (`make test` installs it)"
     profile = tmp_path / "chromium-profile"
     proc = await asyncio.create_subprocess_exec(
         binary,
