@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from generation_service import events as ev
@@ -27,7 +27,8 @@ from runstore import MediaKind, RunStatus, media_url, signed_media_url, utc_now
 logger = logging.getLogger(__name__)
 
 HISTORY_ATTEMPTS = 5  # /history reads after completion before the prompt counts as lost
-ABSENT_CHECKS = 2  # consecutive looks that find the prompt neither queued nor in history = lost
+ABSENT_CHECKS = 2
+DOWNLOADS_AT_ONCE = 8  # consecutive looks that find the prompt neither queued nor in history = lost
 _SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]([^\s'\"/\\]+)")
 
 Outcome = ev.Completed | ev.Failed | ev.Cancelled
@@ -44,6 +45,9 @@ class FollowPolicy:
     poll_failures_tolerated: int = 30
     signing_secret: str = ""
     url_ttl_s: float = 86400.0
+    # Downloads at once across all runs: when many runs end together, storing their outputs must
+    # not crowd out the progress of the runs still going (the event loop serves both).
+    downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DOWNLOADS_AT_ONCE))
 
     def media_url(self, kind: MediaKind, run_id: str, index: int) -> str:
         """An output's gateway URL; signed, and valid for ``url_ttl_s``, when a secret is set."""
@@ -290,7 +294,8 @@ class Follower:
             if (download.node_id, ref.filename, ref.subfolder, ref.type) in done:
                 continue
             try:
-                output = await self._store(download)
+                async with self.policy.downloads:
+                    output = await self._store(download)
             except GenerationError as exc:
                 return ev.Failed(
                     ev.FailureCode.OUTPUT_FAILED, f"output {ref.filename!r}: {exc}", node_id=download.node_id

@@ -40,6 +40,7 @@ from runstore import PARTIAL_SUFFIX, InvalidRunId, RunStatus, RunStore, new_run_
 logger = logging.getLogger(__name__)
 
 SOCKET_WAIT_S = 5.0  # how long a submission waits for the backend websocket before relying on polling
+SUBMISSIONS_AT_ONCE = 16  # runs being recorded and submitted at once; more wait in line
 MAX_REQUEST_ID = 128
 
 
@@ -103,6 +104,7 @@ class Runner:
         self.runs: dict[str, RunHandle] = {}  # live runs only
         self.index = RunIndex()
         self._request_locks: dict[str, asyncio.Lock] = {}
+        self._admission = asyncio.Semaphore(SUBMISSIONS_AT_ONCE)
         self._submitting = 0
 
     # -- starting ---------------------------------------------------------------------------------
@@ -140,34 +142,41 @@ class Runner:
         run_id = new_run_id()
         self._submitting += 1
         try:
-            prepared = await self._prepare(spec, run_id)
-            graph = prepared.graph
-            submitted = workflow.with_run_prefixes(graph, run_id)
-            record = await asyncio.to_thread(
-                RunRecord.create,
-                self.store,
-                run_id,
-                prompt_id=str(uuid.uuid4()),
-                backend=self.backend.public_url,
-                workflow_name=spec.workflow_name,
-                workflow=submitted,
-                options=options,
-                request_id=spec.request_id,
-                fingerprint=spec.fingerprint,
-                template=prepared.template,
-                params=prepared.params,
-                seeds=prepared.seeds,
-            )
-            self.index.track(record)
-            submission = asyncio.create_task(self._submit(record, submitted, graph, spec, prepared.seeds))
-            try:
-                # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
-                return await asyncio.shield(submission)
-            except asyncio.CancelledError:
-                submission.add_done_callback(_cancel_if_accepted)
-                raise
+            # A burst of submissions waits in line here, so that the runs already going keep
+            # getting their progress delivered (submissions and progress share the event loop).
+            async with self._admission:
+                return await self._admit(spec, run_id, options)
         finally:
             self._submitting -= 1
+
+    async def _admit(self, spec: RunSpec, run_id: str, options: RunOptions) -> RunHandle:
+        """Record and submit one run (``_start_new`` bounds how many do this at once)."""
+        prepared = await self._prepare(spec, run_id)
+        graph = prepared.graph
+        submitted = workflow.with_run_prefixes(graph, run_id)
+        record = await asyncio.to_thread(
+            RunRecord.create,
+            self.store,
+            run_id,
+            prompt_id=str(uuid.uuid4()),
+            backend=self.backend.public_url,
+            workflow_name=spec.workflow_name,
+            workflow=submitted,
+            options=options,
+            request_id=spec.request_id,
+            fingerprint=spec.fingerprint,
+            template=prepared.template,
+            params=prepared.params,
+            seeds=prepared.seeds,
+        )
+        self.index.track(record)
+        submission = asyncio.create_task(self._submit(record, submitted, graph, spec, prepared.seeds))
+        try:
+            # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
+            return await asyncio.shield(submission)
+        except asyncio.CancelledError:
+            submission.add_done_callback(_cancel_if_accepted)
+            raise
 
     async def _prepare(self, spec: RunSpec, run_id: str) -> _Prepared:
         """Parse the raw workflow, or fill in the template (uploading its input media)."""
