@@ -7,7 +7,8 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md runstore.py logformat.py ./
+COPY pyproject.toml README.md ./
+COPY comfy_generation comfy_generation
 COPY generation_service generation_service
 COPY generation_client generation_client
 COPY media_gateway media_gateway

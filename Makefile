@@ -52,7 +52,7 @@ format:
 
 # Our code strictly; tests (a folder of modules, not a package) with untyped test functions allowed.
 typecheck: install
-	$(BIN)/mypy generation_service generation_client media_gateway comfy_simulator genctl benchmarks runstore.py logformat.py scripts
+	$(BIN)/mypy generation_service generation_client media_gateway comfy_simulator genctl benchmarks comfy_generation scripts
 	$(BIN)/mypy tests --allow-untyped-defs --allow-incomplete-defs --check-untyped-defs \
 		--disable-error-code type-arg --disable-error-code no-any-return
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import logformat
+from comfy_generation import logformat
 from generation_service.server import serve
 from generation_service.settings import Settings
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from comfy_generation.runstore import MediaKind
 from generation_service.errors import NodeProblem
-from runstore import MediaKind
 
 
 class FailureCode(StrEnum):

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfy_generation.runstore import MediaKind, RunStatus, media_url, signed_media_url, utc_now
 from generation_service import events as ev
 from generation_service import outputs, workflow
 from generation_service.comfy import SOCKET_LOST, ComfyBackend, QueueState, Subscription
@@ -22,7 +23,6 @@ from generation_service.errors import BackendUnavailable, GenerationError
 from generation_service.metrics import Metrics
 from generation_service.run_handle import CancelRequest, RunHandle
 from generation_service.run_record import RunRecord, failure_to_json
-from runstore import MediaKind, RunStatus, media_url, signed_media_url, utc_now
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from comfy_generation.runstore import MediaKind
 from generation_service import events as ev
 from generation_service.errors import NodeProblem
-from runstore import MediaKind
 
 logger = logging.getLogger(__name__)
 

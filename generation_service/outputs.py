@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from comfy_generation.runstore import SNIFF_BYTES, MediaFormat, PartialFile, detect_format, entity_filename
 from generation_service.comfy_replies import FileRef, NodeOutput
-from runstore import SNIFF_BYTES, MediaFormat, PartialFile, detect_format, entity_filename
 
 _NUMERIC = re.compile(r"(\d+)")
 

@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from comfy_generation.runstore import InvalidRunId, RunStatus, RunStore, parse_run_id
 from generation_service.errors import InvalidRequest
 from generation_service.run_record import RunRecord
-from runstore import InvalidRunId, RunStatus, RunStore, parse_run_id
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50

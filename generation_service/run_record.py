@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from generation_service import events as ev
-from generation_service.errors import NodeProblem
-from runstore import (
+from comfy_generation.runstore import (
     MediaKind,
     RunStatus,
     RunStore,
@@ -23,6 +21,8 @@ from runstore import (
     write_json_atomic,
     write_text_atomic,
 )
+from generation_service import events as ev
+from generation_service.errors import NodeProblem
 
 
 @dataclass(frozen=True)

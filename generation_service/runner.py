@@ -16,6 +16,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfy_generation.runstore import (
+    PARTIAL_SUFFIX,
+    InvalidRunId,
+    RunStatus,
+    RunStore,
+    new_run_id,
+    parse_run_id,
+    utc_now,
+)
 from generation_service import events as ev
 from generation_service import journal, run_index, workflow
 from generation_service.comfy import ComfyBackend
@@ -35,7 +44,6 @@ from generation_service.run_handle import RunHandle
 from generation_service.run_index import RunIndex
 from generation_service.run_record import RunOptions, RunRecord, RunSummary, failure_to_json, summarize
 from generation_service.templating import DEFAULT_MAX_MEDIA_BYTES, ParamValue, TemplateCatalog, bind_uploads
-from runstore import PARTIAL_SUFFIX, InvalidRunId, RunStatus, RunStore, new_run_id, parse_run_id, utc_now
 
 logger = logging.getLogger(__name__)
 

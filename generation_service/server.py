@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from comfy_generation.runstore import RunStore
 from generation_service.auth import BearerTokenInterceptor
 from generation_service.comfy import ComfyBackend
 from generation_service.follower import FollowPolicy
@@ -26,7 +27,6 @@ from generation_service.settings import Settings
 from generation_service.templating import TemplateCatalog, TemplateLoadError
 from generation_service.v1 import generation_pb2 as pb
 from generation_service.v1 import generation_pb2_grpc as pb_grpc
-from runstore import RunStore
 
 logger = logging.getLogger(__name__)
 

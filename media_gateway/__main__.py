@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-import logformat
+from comfy_generation import logformat
 from media_gateway.app import check_runs_dir
 from media_gateway.serve import serve_forever
 from media_gateway.settings import LOG_FORMATS, LOG_LEVELS, SERVERS, Settings, SettingsError, env_name, flag_name

@@ -17,12 +17,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from comfy_generation.runstore import (
+    InvalidRunId,
+    MediaKind,
+    RunStore,
+    parse_run_id,
+    signature_problem,
+    signed_media_url,
+)
 from media_gateway.catalog import OutputNotFound, RunCatalog
 from media_gateway.metrics import Metrics, MetricsMiddleware
 from media_gateway.player import render_run_page
 from media_gateway.responses import MediaResponse, json_error
 from media_gateway.settings import Settings
-from runstore import InvalidRunId, MediaKind, RunStore, parse_run_id, signature_problem, signed_media_url
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from runstore import RunStore, entity_filename, new_run_id, utc_now
+from comfy_generation.runstore import RunStore, entity_filename, new_run_id, utc_now
 
 CASES = [  # (label, file, extra wrk arguments)
     ("64 KiB png, c16", "image", []),

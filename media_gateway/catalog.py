@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from media_gateway.probe import probe
-from runstore import (
+from comfy_generation.runstore import (
     UNKNOWN_FORMAT,
     MediaFormat,
     MediaKind,
@@ -27,6 +26,7 @@ from runstore import (
     media_url,
     output_entities,
 )
+from media_gateway.probe import probe
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+from comfy_generation.runstore import signed_media_url
 from media_gateway.settings import Settings, SettingsError, env_name
-from runstore import signed_media_url
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> int:

@@ -16,7 +16,15 @@ from typing import Any
 import av
 import numpy as np
 
-from runstore import SNIFF_BYTES, RunStore, atomic_file, detect_format, entity_filename, new_run_id, utc_now
+from comfy_generation.runstore import (
+    SNIFF_BYTES,
+    RunStore,
+    atomic_file,
+    detect_format,
+    entity_filename,
+    new_run_id,
+    utc_now,
+)
 
 
 def png_bytes(width: int = 4, height: int = 3, rgb: tuple[int, int, int] = (200, 30, 60)) -> bytes:

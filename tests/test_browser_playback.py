@@ -23,11 +23,11 @@ import httpx
 import pytest
 from aiohttp import web
 
+from comfy_generation.runstore import signed_media_url
 from generation_service.v1 import generation_pb2 as pb
 from media_gateway.player import render_run_page
 from media_gateway.serve import running_gateway
 from media_gateway.settings import Settings
-from runstore import signed_media_url
 from stack_helpers import Stack
 
 CHROMIUM_FLAGS = [

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from comfy_generation.runstore import RunStore, entity_filename, new_run_id, utc_now
 from gateway_helpers import mp3_bytes, mp4_bytes, png_bytes, write_run
 from media_gateway.serve import running_gateway, running_granian
 from media_gateway.settings import Settings
-from runstore import RunStore, entity_filename, new_run_id, utc_now
 
 SERVERS = {"uvicorn": running_gateway, "granian": running_granian}
 

@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
+from comfy_generation.runstore import signed_media_url
 from gateway_helpers import mp4_bytes, png_bytes, write_run
 from media_gateway.http_semantics import Validators
 from media_gateway.metrics import Metrics
 from media_gateway.serve import running_gateway
 from media_gateway.settings import Settings
-from runstore import signed_media_url
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "deploy" / "nginx" / "media-gateway.conf"

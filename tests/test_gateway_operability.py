@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from comfy_generation.runstore import sign_media_path, signed_media_url
 from gateway_helpers import mp3_bytes, png_bytes, write_run
 from media_gateway.serve import running_gateway, running_granian
 from media_gateway.settings import Settings
 from media_gateway.sign import main as sign_main
-from runstore import sign_media_path, signed_media_url
 
 SECRET = "gateway-test-secret"
 REPO = Path(__file__).resolve().parent.parent

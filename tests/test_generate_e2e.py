@@ -16,9 +16,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from comfy_generation.runstore import RunStore
 from generation_service.events import Cancelled
 from generation_service.v1 import generation_pb2 as pb
-from runstore import RunStore
 from stack_helpers import WORKFLOWS, Stack, StackFactory
 
 

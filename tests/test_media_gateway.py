@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from comfy_generation.runstore import RunStore, new_run_id, write_json_atomic
 from gateway_helpers import glb_bytes, mp3_bytes, mp4_bytes, png_bytes, read_metadata, write_run
 from media_gateway.app import create_app
 from media_gateway.catalog import RunCatalog
 from media_gateway.serve import running_gateway, running_granian
 from media_gateway.settings import Settings
-from runstore import RunStore, new_run_id, write_json_atomic
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 

@@ -15,10 +15,10 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from comfy_generation.logformat import JsonFormatter, TextFormatter
+from comfy_generation.runstore import signature_problem
 from generation_service.v1 import generation_pb2 as pb
 from generation_service.v1 import generation_pb2_grpc as pb_grpc
-from logformat import JsonFormatter, TextFormatter
-from runstore import signature_problem
 from stack_helpers import WORKFLOWS, Stack, StackFactory
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runstore import (
+from comfy_generation.runstore import (
     InvalidRunId,
     MediaKind,
     PartialFile,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from comfy_generation.runstore import RunStore, entity_filename, new_run_id
 from generation_service.templating import (
     Template,
     TemplateCatalog,
@@ -19,7 +20,6 @@ from generation_service.templating import (
     bind_uploads,
     load_template,
 )
-from runstore import RunStore, entity_filename, new_run_id
 from stack_helpers import REPO
 
 RUN_ID = "0b0e3c9e-5a8e-4f57-9a51-3d2c1f0e9a11"

@@ -11,10 +11,10 @@ import av
 import numpy as np
 import pytest
 
+from comfy_generation.runstore import RunStore
 from comfy_simulator.media import png_bytes
 from generation_client.requests import param_value
 from generation_service.v1 import generation_pb2 as pb
-from runstore import RunStore
 from stack_helpers import Stack
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runstore import RunStore
+from comfy_generation.runstore import RunStore
 
 from .errors import Problem, TemplateRequestError
 from .media import DEFAULT_MAX_MEDIA_BYTES, PendingUpload, resolve_media

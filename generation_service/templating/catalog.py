@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runstore import RunStore
+from comfy_generation.runstore import RunStore
 
 from .apply import AppliedTemplate, apply
 from .errors import FileProblem, Problem, TemplateLoadError, TemplateRequestError

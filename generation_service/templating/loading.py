@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from comfy_generation.runstore import MediaKind
 from generation_service import workflow as workflows
 from generation_service.errors import InvalidWorkflow
-from runstore import MediaKind
 
 from .errors import FileProblem, TemplateLoadError
 from .model import Param, ParamType, Scalar, Target, Template

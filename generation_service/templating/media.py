@@ -10,8 +10,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from comfy_generation.runstore import (
+    SNIFF_BYTES,
+    InvalidRunId,
+    MediaKind,
+    RunStore,
+    detect_format,
+    output_entities,
+    parse_run_id,
+)
 from generation_service.workflow import PREFIX_ROOT
-from runstore import SNIFF_BYTES, InvalidRunId, MediaKind, RunStore, detect_format, output_entities, parse_run_id
 
 from .model import Param, Target
 

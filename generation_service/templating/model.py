@@ -7,7 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from runstore import MediaKind
+from comfy_generation.runstore import MediaKind
 
 Scalar = str | int | float | bool
 """A parameter's default, bound or choice as the manifest writes it."""

@@ -1,0 +1,1 @@
+"""Shared by every process of the project: the run-storage contract and log formatting."""
