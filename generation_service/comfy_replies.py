@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from generation_service.errors import BackendUnavailable, NodeProblem, WorkflowRejected
+from comfy_generation.runstore.events import NodeProblem
+from generation_service.errors import BackendUnavailable, WorkflowRejected
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from comfy_generation.runstore import MediaKind, RunStatus
-from generation_service import events as ev
+from comfy_generation.runstore import events as ev
 from generation_service.errors import InvalidRequest
-from generation_service.run_record import RunSummary
+from generation_service.run_summary import RunSummary
 from generation_service.runner import RunSpec
 from generation_service.templating import ParamValue, Scalar, Template
 from generation_service.v1 import generation_pb2 as pb

@@ -1,15 +1,23 @@
-"""The service's exception tree. The backend client raises these; the servicer maps them to gRPC codes.
+"""The service's exception tree. The runner and the backend client raise these; the servicer's one table
+maps them to gRPC codes (TemplateRequestError, from the templating package, is mapped there too).
 
 GenerationError
-├── InvalidWorkflow          the request's workflow is malformed            → INVALID_ARGUMENT
+├── InvalidRequest           a field of the request is malformed            → INVALID_ARGUMENT
+│   └── InvalidWorkflow      the request's workflow is malformed            → INVALID_ARGUMENT
 ├── WorkflowRejected         the backend's validation rejected it           → INVALID_ARGUMENT
+├── RunNotFound              no run has this id                             → NOT_FOUND
+├── TemplateNotFound         no template has this name                      → NOT_FOUND
+├── RequestConflict          a request_id reused for another request        → FAILED_PRECONDITION
+├── RunDamaged               the run's folder in run storage is damaged     → DATA_LOSS
+├── TooManyRuns              the in-flight bound is reached                 → RESOURCE_EXHAUSTED (+ RetryInfo)
+├── StorageUnavailable       run storage cannot be written (full disk)      → UNAVAILABLE
 ├── BackendUnavailable       the backend cannot be reached / answers 5xx    → UNAVAILABLE
 └── BackendProtocolError     the backend answered something we cannot read  → UNAVAILABLE
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from comfy_generation.runstore.events import NodeProblem
 
 
 class GenerationError(Exception):
@@ -36,31 +44,20 @@ class RequestConflict(GenerationError):
     """A request_id was reused for a request that differs from the one it first named."""
 
 
+class RunDamaged(GenerationError):
+    """The run's folder in run storage cannot be read (a damaged or hand-edited record or journal)."""
+
+
+class StorageUnavailable(GenerationError):
+    """Run storage cannot take writes right now (full, read-only or gone)."""
+
+
 class TooManyRuns(GenerationError):
     """The service runs as many runs as it may; ``retry_after_s`` is when trying again makes sense."""
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-@dataclass(frozen=True)
-class NodeProblem:
-    """One validation problem in one node, as ComfyUI reports it."""
-
-    node_id: str
-    class_type: str
-    type: str
-    message: str
-    details: str
-    input_name: str
-
-    def describe(self) -> str:
-        where = f"node {self.node_id} ({self.class_type})" if self.node_id else "workflow"
-        if self.input_name:
-            where += f" input {self.input_name!r}"
-        detail = f": {self.details}" if self.details and self.details != self.input_name else ""
-        return f"{where}: {self.message}{detail} [{self.type}]"
 
 
 class WorkflowRejected(GenerationError):

@@ -1,7 +1,8 @@
 """Following one submitted prompt to its end: websocket frames while the socket carries them, the
 backend's /queue and /history otherwise, deadlines, keep-alives, cancellation and output storage.
 
-The follower owns its run: it alone writes the run's metadata and publishes its events.
+The follower owns its run: everything the run writes goes through the run's writer, and only the
+follower publishes the run's events.
 """
 
 from __future__ import annotations
@@ -14,21 +15,31 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfy_generation.runstore import MediaKind, RunStatus, media_url, signed_media_url, utc_now
-from generation_service import events as ev
+from comfy_generation.runstore import (
+    CurrentState,
+    Entity,
+    MediaKind,
+    OutputMeta,
+    RunStatus,
+    Timings,
+    output_url,
+    utc_now,
+)
+from comfy_generation.runstore import events as ev
 from generation_service import outputs, workflow
-from generation_service.comfy import SOCKET_LOST, ComfyBackend, QueueState, Subscription
+from generation_service.backend import SOCKET_LOST, Backend, QueueState, Subscription, cancel_prompt
 from generation_service.comfy_replies import HistoryEntry
 from generation_service.errors import BackendUnavailable, GenerationError
 from generation_service.metrics import Metrics
-from generation_service.run_handle import CancelRequest, RunHandle
-from generation_service.run_record import RunRecord, failure_to_json
+from generation_service.run_handle import CancelRequest, RunHandle, StorageFailure
+from generation_service.run_summary import stored_outputs
+from generation_service.run_writer import RunWriter
 
 logger = logging.getLogger(__name__)
 
-HISTORY_ATTEMPTS = 5  # /history reads after completion before the prompt counts as lost
-ABSENT_CHECKS = 2
-DOWNLOADS_AT_ONCE = 8  # consecutive looks that find the prompt neither queued nor in history = lost
+# Downloads at once across all runs: when many runs end together, storing their outputs must not crowd
+# out the progress of the runs still going (the event loop serves both).
+DOWNLOADS_AT_ONCE = 8
 _SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]([^\s'\"/\\]+)")
 
 Outcome = ev.Completed | ev.Failed | ev.Cancelled
@@ -43,27 +54,26 @@ class FollowPolicy:
     keepalive_s: float = 10.0
     cancel_confirm_s: float = 30.0
     poll_failures_tolerated: int = 30
+    # How long a prompt may be found neither queued nor in history before it counts as lost. Slow
+    # proxies write history seconds after the prompt's last frame; a restarted backend forgets it for good.
+    lost_grace_s: float = 60.0
     signing_secret: str = ""
     url_ttl_s: float = 86400.0
-    # Downloads at once across all runs: when many runs end together, storing their outputs must
-    # not crowd out the progress of the runs still going (the event loop serves both).
     downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DOWNLOADS_AT_ONCE))
 
     def media_url(self, kind: MediaKind, run_id: str, index: int) -> str:
         """An output's gateway URL; signed, and valid for ``url_ttl_s``, when a secret is set."""
-        url = media_url(self.media_base_url, kind, run_id, index)
-        if not self.signing_secret:
-            return url
-        return signed_media_url(url, self.signing_secret, int(time.time() + self.url_ttl_s))
+        expires = int(time.time() + self.url_ttl_s)
+        return output_url(self.media_base_url, kind, run_id, index, secret=self.signing_secret, expires=expires)
 
 
 class Follower:
     def __init__(
         self,
-        backend: ComfyBackend,
+        backend: Backend,
         policy: FollowPolicy,
         handle: RunHandle,
-        record: RunRecord,
+        writer: RunWriter,
         sub: Subscription,
         nodes: dict[str, workflow.NodeInfo],
         metrics: Metrics,
@@ -72,20 +82,22 @@ class Follower:
         self.metrics = metrics
         self.policy = policy
         self.handle = handle
-        self.record = record
+        self.writer = writer
         self.sub = sub
         self.nodes = nodes
-        self.options = record.options
+        self.options = writer.record.options
         past = handle.history
         self.accepted_at = past[0].time.timestamp() if past else time.time()
         self.started_at = next((e.time.timestamp() for e in past if isinstance(e.body, ev.Started)), None)
-        self.stored = [e.body.output for e in past if isinstance(e.body, ev.OutputReady)]
+        # Resumed after a restart that came between recording the run and announcing it: the first look
+        # at the backend tells whether the POST landed.
+        self.unannounced = not past
         self.error: dict[str, Any] | None = None
         self.interrupted: dict[str, Any] | None = None
         self.poll_failures = 0
-        self.absent = 0
+        self.absent_since: float | None = None
         self.next_look = time.time() if sub.blind else time.time() + policy.keepalive_s
-        self.template = str(record.metadata.get("template") or "")
+        self.template = writer.record.template
         self.log = {"run_id": handle.run_id, "prompt_id": sub.prompt_id, "template": self.template}
 
     async def run(self) -> None:
@@ -99,6 +111,7 @@ class Follower:
         finally:
             self.backend.unsubscribe(self.sub)
         await self._finish(outcome)
+        await self.writer.settle()
 
     # -- the main loop ----------------------------------------------------------------------------
 
@@ -116,6 +129,8 @@ class Follower:
                     return outcome
             elif isinstance(item, CancelRequest):
                 return await self._stop(ev.Cancelled(item.reason))
+            elif isinstance(item, StorageFailure):
+                return await self._stop(ev.Failed(ev.FailureCode.STORAGE_ERROR, item.message))
             elif item is SOCKET_LOST:
                 logger.warning(
                     "run %s: backend socket lost; following /queue and /history", self.handle.run_id, extra=self.log
@@ -163,36 +178,51 @@ class Follower:
                 raise
             return None
         self.poll_failures = 0
+        if (state or entry) and self.unannounced:
+            self._announce()
         if entry is not None:
             return await self._conclude(entry)
         if state is None:
-            # Between its end and its history entry a prompt is briefly in neither: look twice.
-            self.absent += 1
-            if self.absent >= ABSENT_CHECKS:
-                return ev.Failed(
-                    ev.FailureCode.PROMPT_LOST,
-                    f"the backend no longer knows prompt "
-                    f"{self.sub.prompt_id}: it may have restarted or had its queue cleared",
-                )
-            self.next_look = time.time() + min(self.policy.poll_s, 0.5)
-            return None
-        self.absent = 0
+            return self._absent()
+        self.absent_since = None
         if state.running and self.started_at is None and self.sub.blind:
             await self._mark_started()
         await self._report_position(state)
         return None
 
+    def _absent(self) -> Outcome | None:
+        """The prompt is neither queued nor in history: lost once that lasts ``lost_grace_s``."""
+        now = time.time()
+        if self.absent_since is None:
+            self.absent_since = now
+        if now - self.absent_since < self.policy.lost_grace_s:
+            self.next_look = now + min(self.policy.poll_s, 0.5)
+            return None
+        if self.unannounced:
+            return ev.Failed(ev.FailureCode.PROMPT_LOST, "the service restarted before the backend took the prompt")
+        return ev.Failed(
+            ev.FailureCode.PROMPT_LOST,
+            f"the backend no longer knows prompt {self.sub.prompt_id}: it may have restarted or had its queue cleared",
+        )
+
+    def _announce(self) -> None:
+        record = self.writer.record
+        self.handle.publish(
+            ev.Accepted(record.prompt_id, record.backend, record.workflow, record.template, tuple(record.seeds.items()))
+        )
+        self.unannounced = False
+
     async def _report_position(self, state: QueueState | None) -> None:
         if state is None or state.running or self.started_at is not None:
             return
         self.handle.publish(ev.Queued(state.ahead))
-        await self.record.update(status=RunStatus.QUEUED, current_state={"step": "queued", "position": state.ahead})
+        await self.writer.update(status=RunStatus.QUEUED, current_state=CurrentState("queued", position=state.ahead))
 
     async def _mark_started(self) -> None:
         self.started_at = time.time()
         self.metrics.queue_wait.observe(self.started_at - self.accepted_at)
         self.handle.publish(ev.Started(self.started_at - self.accepted_at))
-        await self.record.update(status=RunStatus.RUNNING, current_state={"step": "running"})
+        await self.writer.update(status=RunStatus.RUNNING, current_state=CurrentState("running"))
 
     async def _on_frame(self, frame: dict[str, Any]) -> bool:
         """Translate one websocket frame; True when the prompt is done (``executing`` with node null)."""
@@ -207,8 +237,8 @@ class Follower:
                 return True
             info = self.nodes.get(str(node), workflow.NodeInfo("", ""))
             self.handle.publish(ev.NodeStarted(str(node), info.class_type, info.title))
-            await self.record.update(
-                current_state={"step": "running", "node_id": str(node), "class_type": info.class_type}
+            await self.writer.update(
+                current_state=CurrentState("running", node_id=str(node), class_type=info.class_type)
             )
         elif kind == "progress":
             self.handle.publish(
@@ -234,7 +264,7 @@ class Follower:
     async def _stop(self, outcome: ev.Failed | ev.Cancelled) -> Outcome:
         """Cancel the backend job, then wait (bounded) until the backend no longer runs or queues it."""
         with contextlib.suppress(GenerationError):
-            await self.backend.cancel(self.sub.prompt_id)
+            await cancel_prompt(self.backend, self.sub.prompt_id)
         give_up = time.time() + self.policy.cancel_confirm_s
         while time.time() < give_up:
             with contextlib.suppress(GenerationError):
@@ -257,13 +287,17 @@ class Follower:
         return outcome
 
     async def _final_history(self) -> HistoryEntry | None:
-        # ComfyUI writes history before it sends the final ``executing``; the retries cover proxies
-        # and backends that answer a moment late.
-        for attempt in range(HISTORY_ATTEMPTS):
+        """The history entry after the prompt's last frame. ComfyUI writes it before that frame; slow
+        proxies and backends answer seconds late, so look again (backing off) for up to ``lost_grace_s``."""
+        give_up = time.time() + self.policy.lost_grace_s
+        delay = 0.05
+        while True:
             if (entry := await self.backend.history(self.sub.prompt_id)) is not None:
                 return entry
-            await asyncio.sleep(0.05 * 2**attempt)
-        return None
+            if time.time() + delay > give_up:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.policy.poll_s)
 
     async def _conclude(self, entry: HistoryEntry | None) -> Outcome:
         if entry is None:
@@ -284,91 +318,90 @@ class Follower:
         return ev.Failed(ev.FailureCode.EXECUTION_ERROR, f"the backend reported status {entry.status_str!r}")
 
     async def _store_outputs(self, entry: HistoryEntry) -> Outcome:
+        """Download every output (staged, hidden), then publish them all at once: a run that fails on its
+        third output never lists, keeps or serves the first two."""
         if self.started_at is None:
             await self._mark_started()
         execution_s = _server_duration(entry) or time.time() - (self.started_at or self.accepted_at)
-        await self.record.update(current_state={"step": "downloading"})
-        done = self.record.stored_outputs()  # after a restart, some may be stored already
+        await self.writer.update(current_state=CurrentState("downloading"))
+        record = self.writer.record
+        done = {
+            e.metadata.backend_ref for e in (*record.entities, *record.staged) if isinstance(e.metadata, OutputMeta)
+        }
         for download in outputs.select_downloads(entry.outputs, self.options.include_previews):
             ref = download.ref
             if (download.node_id, ref.filename, ref.subfolder, ref.type) in done:
-                continue
+                continue  # stored before a restart
             try:
                 async with self.policy.downloads:
-                    output = await self._store(download)
+                    await self._stage(download)
             except GenerationError as exc:
                 return ev.Failed(
                     ev.FailureCode.OUTPUT_FAILED, f"output {ref.filename!r}: {exc}", node_id=download.node_id
                 )
-            self.stored.append(output)
-            self.handle.publish(ev.OutputReady(output))
+            except OSError as exc:
+                message = self.writer.storage.failed(exc, f"storing output {ref.filename!r}")
+                return ev.Failed(ev.FailureCode.STORAGE_ERROR, message, node_id=download.node_id)
+            if self.writer.failure:
+                return ev.Failed(ev.FailureCode.STORAGE_ERROR, self.writer.failure)
+        published = await self.writer.publish()
+        if self.writer.failure:
+            return ev.Failed(ev.FailureCode.STORAGE_ERROR, self.writer.failure)
+        every = stored_outputs(self.writer.record, self.policy.media_url)
+        new = {e.filename for e in published}
+        for output in every:
+            if output.filename in new:
+                self.handle.publish(ev.OutputReady(output))
         queue_wait_s = (self.started_at or self.accepted_at) - self.accepted_at
-        return ev.Completed(tuple(self.stored), queue_wait_s, execution_s)
+        return ev.Completed(every, queue_wait_s, execution_s)
 
-    async def _store(self, download: outputs.Download) -> ev.StoredOutput:
-        sequence = self.record.next_sequence
+    async def _stage(self, download: outputs.Download) -> None:
+        sequence = self.writer.record.next_sequence
         ref = download.ref
-        file = await outputs.store(self.backend.download(ref), self.record.run_dir, sequence, ref.filename)
-        self.metrics.bytes_downloaded.inc(file.size_bytes)
-        kind = file.format.kind
-        index = sum(1 for s in self.stored if s.kind == kind)
-        await self.record.update(
-            entity={
-                "sequence": sequence,
-                "type": kind.entity_type,
-                "filename": file.filename,
-                "timestamp": utc_now(),
-                "metadata": {
-                    "format": file.format.ext,
-                    "mime": file.format.mime,
-                    "size_bytes": file.size_bytes,
-                    "sha256": file.sha256,
-                    "node_id": download.node_id,
-                    "filename": ref.filename,
-                    "subfolder": ref.subfolder,
-                    "type": ref.type,
-                },
-            }
+        run_id = self.handle.run_id
+        file = await outputs.store(
+            self.backend.download(ref),
+            self.writer.store.run_dir(run_id),
+            sequence,
+            ref.filename,
+            lambda name: self.writer.store.staged_path(run_id, name),
         )
-        await self.record.written()  # the gateway finds the output before anyone is told about it
-        logger.info("run %s stored %s (%d bytes)", self.handle.run_id, file.filename, file.size_bytes, extra=self.log)
-        return ev.StoredOutput(
-            kind=kind,
-            index=index,
-            url=self.policy.media_url(kind, self.handle.run_id, index),
+        self.metrics.bytes_downloaded.inc(file.size_bytes)
+        meta = OutputMeta(
+            format=file.format.ext,
             mime=file.format.mime,
             size_bytes=file.size_bytes,
             sha256=file.sha256,
             node_id=download.node_id,
-            filename=file.filename,
+            filename=ref.filename,
+            subfolder=ref.subfolder,
+            type=ref.type,
         )
+        await self.writer.stage(Entity(sequence, file.format.kind.entity_type, file.filename, utc_now(), meta))
+        logger.info("run %s stored %s (%d bytes)", run_id, file.filename, file.size_bytes, extra=self.log)
 
     async def _finish(self, outcome: Outcome) -> None:
         """Record the outcome, then publish it: whoever sees the terminal event finds the record final."""
-        fields: dict[str, Any] = {"finished_at": utc_now(), "last_seq": self.handle.last_seq + 1}
+        if self.unannounced and not isinstance(outcome, ev.Failed):
+            self._announce()
+        changes: dict[str, Any] = {"finished_at": utc_now(), "last_seq": self.handle.last_seq + 1}
         if isinstance(outcome, ev.Completed):
             status = RunStatus.COMPLETED
-            fields["timings"] = {
-                "queue_wait_s": round(outcome.queue_wait_s, 3),
-                "execution_s": round(outcome.execution_s, 3),
-            }
-        elif isinstance(outcome, ev.Failed):
-            status = RunStatus.FAILED
-            fields["error"] = failure_to_json(outcome)
+            changes["timings"] = Timings(round(outcome.queue_wait_s, 3), round(outcome.execution_s, 3))
         else:
-            status = RunStatus.CANCELLED
-            fields["cancel_reason"] = outcome.reason
-        await self.record.update(status=status, current_state={"step": status.value}, durable=True, **fields)
+            await self.writer.discard_outputs()
+            if isinstance(outcome, ev.Failed):
+                status = RunStatus.FAILED
+                changes["error"] = outcome
+            else:
+                status = RunStatus.CANCELLED
+                changes["cancel_reason"] = outcome.reason
+        await self.writer.update(status=status, current_state=CurrentState(status.value), durable=True, **changes)
         self.handle.publish(outcome)
         self.metrics.runs.labels(outcome=status.value, template=self.template).inc()
         if isinstance(outcome, ev.Completed):
             self.metrics.execution.observe(outcome.execution_s)
         logger.info("run %s %s", self.handle.run_id, status.value, extra=self.log)
-
-
-def _is_final_frame(item: object) -> bool:
-    """ComfyUI's last frame for a prompt: ``executing`` with node null."""
-    return isinstance(item, dict) and item.get("type") == "executing" and (item.get("data") or {}).get("node") is None
 
 
 def _server_duration(entry: HistoryEntry) -> float | None:

@@ -45,6 +45,11 @@ class Metrics:
         self.bytes_downloaded = Counter(
             "generation_output_bytes_downloaded_total", "Bytes of outputs stored in run storage", registry=self.registry
         )
+        self.damaged_runs = Counter(
+            "generation_damaged_run_folders_total",
+            "Run folders found damaged (unreadable record, journal or workflow) and left alone",
+            registry=self.registry,
+        )
         self.backend_up = Gauge(
             "generation_backend_up", "1 while the backend answers its health probe", registry=self.registry
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,12 @@ def _hash_and_write(digest: Any, partial: PartialFile, chunk: bytes) -> None:
     partial.file.write(chunk)
 
 
-async def store(chunks: AsyncIterator[bytes], run_dir: Path, sequence: int, backend_name: str) -> StoredFile:
-    """Write the chunks to a hidden temp file in the run folder, then rename it to
-    ``NN_output_<kind>.<ext>`` with the kind decided from the content. Memory stays at two chunks."""
+async def store(
+    chunks: AsyncIterator[bytes], run_dir: Path, sequence: int, backend_name: str, place: Callable[[str], Path]
+) -> StoredFile:
+    """Write the chunks to a hidden temp file in the run folder, then rename it to ``place(name)``, where
+    ``name`` is ``NN_output_<kind>.<ext>`` with the kind decided from the content. Memory stays at two
+    chunks. Raises OSError when storage refuses the bytes (the temp file is removed)."""
     digest = hashlib.sha256()
     head = b""
     size = 0
@@ -76,7 +79,7 @@ async def store(chunks: AsyncIterator[bytes], run_dir: Path, sequence: int, back
             await writing
         fmt = detect_format(head, backend_name)
         filename = entity_filename(sequence, fmt.kind.entity_type, fmt.ext)
-        await asyncio.to_thread(partial.commit, run_dir / filename)
+        await asyncio.to_thread(partial.commit, place(filename))
     finally:
         if writing is not None and not writing.done():
             await asyncio.wait([writing])  # never remove the file under a write in progress

@@ -1,5 +1,5 @@
-"""The live event log of one run: numbered, persisted before it is shown, readable by any number of
-watchers, each from any point."""
+"""The live event log of one run: numbered, journaled (by the run's writer) before it is shown, readable
+by any number of watchers, each from any point."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from generation_service import events as ev
-from generation_service.journal import Journal
+from comfy_generation.runstore import events as ev
+from generation_service.run_writer import RunWriter
 
 
 class CancelRequest:
@@ -19,15 +19,22 @@ class CancelRequest:
         self.reason = reason
 
 
+class StorageFailure:
+    """Put in a run's inbox when its writer could not write: the run fails with a storage error."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
 class RunHandle:
-    """Events of a run in memory and in its journal; ``inbox`` feeds the run's follower."""
+    """Events of a run in memory, journaled through its writer; ``inbox`` feeds the run's follower."""
 
     def __init__(
-        self, run_id: str, inbox: asyncio.Queue[Any], journal: Journal | None, past: Sequence[ev.RunEvent] = ()
+        self, run_id: str, inbox: asyncio.Queue[Any], writer: RunWriter | None, past: Sequence[ev.RunEvent] = ()
     ) -> None:
         self.run_id = run_id
         self.inbox = inbox
-        self._journal = journal
+        self.writer = writer
         self._events: list[ev.RunEvent] = list(past)
         self._wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -50,13 +57,11 @@ class RunHandle:
         return self._events
 
     def publish(self, body: ev.EventBody) -> ev.RunEvent:
-        if self.finished or self._journal is None:
+        if self.finished or self.writer is None:
             raise RuntimeError(f"run {self.run_id} is not live; cannot publish {type(body).__name__}")
         event = ev.RunEvent(self.run_id, len(self._events) + 1, datetime.now(UTC), body)
-        self._journal.append(event)
+        self.writer.journal(event)  # never raises: a failed write reaches the follower through its inbox
         self._events.append(event)
-        if event.is_terminal:
-            self._journal.close()
         wakeup, self._wakeup = self._wakeup, asyncio.Event()
         wakeup.set()
         return event
@@ -71,7 +76,7 @@ class RunHandle:
                 yield event
                 if event.is_terminal:
                     return
-            if self.finished or self._journal is None:
+            if self.finished or self.writer is None:
                 return  # nothing more will come: ended, or a replay of a run that is not live
             await self._wakeup.wait()
 
@@ -82,8 +87,8 @@ class RunHandle:
 
     def close(self) -> None:
         """Stop writing the journal (the service is stopping; the run will be resumed later)."""
-        if self._journal is not None:
-            self._journal.close()
+        if self.writer is not None:
+            self.writer.close()
 
     async def wait_finished(self) -> None:
         if self.task is not None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any
 
-from comfy_generation.runstore import InvalidRunId, RunStatus, RunStore, parse_run_id
+from comfy_generation.runstore import DamagedRecord, RunMissing, RunRecord, RunStatus, RunStore
+from comfy_generation.runstore.events import RunEvent
 from generation_service.errors import InvalidRequest
-from generation_service.run_record import RunRecord
+from generation_service.run_writer import RunWriter
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
@@ -28,20 +28,28 @@ class RunIndex:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._requests: dict[str, str] = {}  # request_id -> run_id, for runs that were accepted
+        self._damaged: dict[str, str] = {}  # run_id -> what is wrong with its folder
 
     def __contains__(self, run_id: str) -> bool:
         return run_id in self._entries
 
-    def track(self, record: RunRecord) -> None:
+    def track(self, writer: RunWriter) -> None:
         """Index a run and follow its status changes."""
-        meta = record.metadata
-        entry = _Entry(str(meta["timestamp"]), record.status, str(meta.get("request_fingerprint") or ""))
+        record = writer.record
+        entry = _Entry(record.timestamp, record.status, record.request_fingerprint)
         self._entries[record.run_id] = entry
 
-        def on_change(metadata: dict[str, Any]) -> None:
-            entry.status = RunStatus(metadata["status"])
+        def on_change(record: RunRecord) -> None:
+            entry.status = record.status
 
-        record.on_change = on_change
+        writer.on_change = on_change
+
+    def mark_damaged(self, run_id: str, problem: str) -> None:
+        self._damaged[run_id] = problem
+
+    def damage(self, run_id: str) -> str | None:
+        """What is wrong with the run's folder, if it was found damaged."""
+        return self._damaged.get(run_id)
 
     def remember_request(self, request_id: str, run_id: str) -> None:
         self._requests[request_id] = run_id
@@ -66,16 +74,26 @@ class RunIndex:
         return [run_id for _, run_id in page], _encode_token(page[-1]) if len(rest) > size else ""
 
 
-def scan(store: RunStore) -> list[dict[str, Any]]:
-    """The metadata of every run folder in run storage (blocking: run it on a worker thread)."""
-    found = []
-    for path in store.root.iterdir() if store.root.is_dir() else ():
+@dataclass(frozen=True)
+class Loaded:
+    """A run folder read at start-up."""
+
+    record: RunRecord
+    events: list[RunEvent]
+
+
+def scan(store: RunStore) -> dict[str, Loaded | DamagedRecord]:
+    """Every run folder of run storage, read, or the damage that kept it from being read (blocking: run
+    it on a worker thread). Folders without a record (a run being created) are skipped."""
+    found: dict[str, Loaded | DamagedRecord] = {}
+    for run_id in store.run_ids():
         try:
-            metadata = store.read_metadata(parse_run_id(path.name))
-        except InvalidRunId:
+            record = store.read_record(run_id)
+            found[run_id] = Loaded(record, store.read_events(run_id))
+        except RunMissing:
             continue
-        if metadata is not None and metadata.get("run_id") == path.name:
-            found.append(metadata)
+        except DamagedRecord as exc:
+            found[run_id] = exc
     return found
 
 

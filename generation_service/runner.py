@@ -17,32 +17,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfy_generation.runstore import (
-    PARTIAL_SUFFIX,
+    CurrentState,
+    DamagedRecord,
     InvalidRunId,
+    RunMissing,
+    RunOptions,
+    RunRecord,
     RunStatus,
     RunStore,
     new_run_id,
     parse_run_id,
     utc_now,
 )
-from generation_service import events as ev
-from generation_service import journal, run_index, workflow
-from generation_service.comfy import ComfyBackend
+from comfy_generation.runstore import events as ev
+from comfy_generation.runstore.schema import JsonValue
+from generation_service import run_index, workflow
+from generation_service.backend import Backend, Subscription, cancel_prompt
 from generation_service.comfy_replies import node_problems
 from generation_service.errors import (
     BackendUnavailable,
     GenerationError,
     InvalidRequest,
     RequestConflict,
+    RunDamaged,
     RunNotFound,
+    StorageUnavailable,
     TooManyRuns,
     WorkflowRejected,
 )
 from generation_service.follower import Follower, FollowPolicy
 from generation_service.metrics import Metrics
-from generation_service.run_handle import RunHandle
+from generation_service.run_handle import RunHandle, StorageFailure
 from generation_service.run_index import RunIndex
-from generation_service.run_record import RunOptions, RunRecord, RunSummary, failure_to_json, summarize
+from generation_service.run_summary import RunSummary, summarize
+from generation_service.run_writer import NewRun, RunWriter
+from generation_service.storage_health import StorageHealth
 from generation_service.templating import DEFAULT_MAX_MEDIA_BYTES, ParamValue, TemplateCatalog, bind_uploads
 
 logger = logging.getLogger(__name__)
@@ -81,7 +90,7 @@ class _Prepared:
 
     graph: dict[str, Any]
     template: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, JsonValue] = field(default_factory=dict)
     seeds: dict[str, int] = field(default_factory=dict)
 
 
@@ -91,9 +100,10 @@ class Runner:
     def __init__(
         self,
         store: RunStore,
-        backend: ComfyBackend,
+        backend: Backend,
         policy: FollowPolicy,
         *,
+        storage: StorageHealth | None = None,
         defaults: RunOptions | None = None,
         max_in_flight: int = 1000,
         metrics: Metrics | None = None,
@@ -103,6 +113,7 @@ class Runner:
         self.templates = templates
         self.max_media_bytes = max_media_bytes
         self.store = store
+        self.storage = storage or StorageHealth(store.root)
         self.backend = backend
         self.policy = policy
         self.defaults = defaults or RunOptions()
@@ -133,7 +144,7 @@ class Runner:
                         f"request_id {spec.request_id!r} was already used for a different request (run {run_id}); "
                         "use a new request_id for a new request"
                     )
-                return self.runs.get(run_id) or self._replay(run_id)
+                return self.runs.get(run_id) or await self._replay(run_id)
             return await self._start_new(spec)
 
     async def _start_new(self, spec: RunSpec) -> RunHandle:
@@ -142,6 +153,8 @@ class Runner:
                 f"{self.max_in_flight} runs are in flight, the most this service accepts",
                 retry_after_s=max(1.0, self.policy.keepalive_s),
             )
+        if not self.storage.ok:
+            raise StorageUnavailable(f"{self.storage.problem}; new runs are refused until it is writable")
         options = RunOptions(
             include_previews=spec.include_previews,
             queue_timeout_s=spec.queue_timeout_s or self.defaults.queue_timeout_s,
@@ -162,14 +175,10 @@ class Runner:
         prepared = await self._prepare(spec, run_id)
         graph = prepared.graph
         submitted = workflow.with_run_prefixes(graph, run_id)
-        record = await asyncio.to_thread(
-            RunRecord.create,
-            self.store,
-            run_id,
+        new = NewRun(
             prompt_id=str(uuid.uuid4()),
             backend=self.backend.public_url,
             workflow_name=spec.workflow_name,
-            workflow=submitted,
             options=options,
             request_id=spec.request_id,
             fingerprint=spec.fingerprint,
@@ -177,8 +186,13 @@ class Runner:
             params=prepared.params,
             seeds=prepared.seeds,
         )
-        self.index.track(record)
-        submission = asyncio.create_task(self._submit(record, submitted, graph, spec, prepared.seeds))
+        try:
+            writer = await asyncio.to_thread(RunWriter.create, self.store, self.storage, run_id, new, submitted)
+        except OSError as exc:
+            message = self.storage.failed(exc, "creating the run's folder")
+            raise StorageUnavailable(f"{message}; the run was not started") from exc
+        self.index.track(writer)
+        submission = asyncio.create_task(self._submit(writer, submitted, graph, spec))
         try:
             # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
             return await asyncio.shield(submission)
@@ -194,7 +208,7 @@ class Runner:
             return _Prepared(workflow.parse(spec.workflow_json))
         if self.templates is None:
             raise InvalidRequest("this service has no templates (its templates_dir setting is empty)")
-        self.templates.reload()  # cheap: picks up templates dropped into the folder
+        await asyncio.to_thread(self.templates.reload)  # picks up templates dropped into the folder
         applied = await asyncio.to_thread(
             self.templates.apply,
             spec.template,
@@ -211,20 +225,16 @@ class Runner:
         return _Prepared(graph, applied.template, applied.values, applied.seeds)
 
     async def _submit(
-        self,
-        record: RunRecord,
-        submitted: dict[str, Any],
-        graph: dict[str, Any],
-        spec: RunSpec,
-        seeds: dict[str, int],
+        self, writer: RunWriter, submitted: dict[str, Any], graph: dict[str, Any], spec: RunSpec
     ) -> RunHandle:
+        record = writer.record
         sub = self.backend.subscribe(record.prompt_id)
         try:
             await self.backend.wait_connected(SOCKET_WAIT_S)
             dropped = node_problems(await self.backend.submit(sub, submitted))
             if dropped:
                 # ComfyUI queued only the valid outputs; a partial run is not what was asked for.
-                await self.backend.cancel(record.prompt_id)
+                await cancel_prompt(self.backend, record.prompt_id)
                 raise WorkflowRejected("some output nodes failed validation", tuple(dropped))
         except GenerationError as exc:
             self.backend.unsubscribe(sub)
@@ -234,74 +244,89 @@ class Runner:
                 else ev.FailureCode.INVALID_WORKFLOW
             )
             problems = exc.problems if isinstance(exc, WorkflowRejected) else ()
-            await record.update(
+            await writer.update(
                 status=RunStatus.FAILED,
-                current_state={"step": "rejected"},
+                current_state=CurrentState("rejected"),
                 finished_at=utc_now(),
                 durable=True,
-                error=failure_to_json(ev.Failed(code, str(exc), node_errors=problems)),
+                error=ev.Failed(code, str(exc), node_errors=problems),
             )
+            writer.close()
             logger.info("run %s rejected: %s", record.run_id, exc, extra=_context(record))
             raise
-        handle = await self._attach(record, sub, past=[])
+        handle = self._attach(writer, sub, past=[])
         handle.publish(
-            ev.Accepted(
-                record.prompt_id, self.backend.public_url, spec.workflow_name, spec.template, tuple(seeds.items())
-            )
+            ev.Accepted(record.prompt_id, record.backend, record.workflow, record.template, tuple(record.seeds.items()))
         )
         if spec.request_id:
             self.index.remember_request(spec.request_id, record.run_id)
         logger.info("run %s accepted as prompt %s", record.run_id, record.prompt_id, extra=_context(record))
-        self._follow(handle, record, sub, graph)
+        self._follow(handle, writer, sub, graph)
         return handle
 
-    async def _attach(self, record: RunRecord, sub: Any, past: list[ev.RunEvent]) -> RunHandle:
-        log = await asyncio.to_thread(journal.Journal, record.run_dir)  # opening a file may take a while
-        handle = RunHandle(record.run_id, sub.frames, log, past)
-        self.runs[record.run_id] = handle
+    def _attach(self, writer: RunWriter, sub: Subscription, past: list[ev.RunEvent]) -> RunHandle:
+        handle = RunHandle(writer.run_id, sub.frames, writer, past)
+        writer.on_failure = lambda message: handle.inbox.put_nowait(StorageFailure(message))
+        self.runs[writer.run_id] = handle
         return handle
 
-    def _follow(self, handle: RunHandle, record: RunRecord, sub: Any, graph: dict[str, Any]) -> None:
-        follower = Follower(self.backend, self.policy, handle, record, sub, workflow.node_infos(graph), self.metrics)
-        handle.task = asyncio.create_task(follower.run(), name=f"run-{record.run_id}")
-        handle.task.add_done_callback(lambda _: self.runs.pop(record.run_id, None))
+    def _follow(self, handle: RunHandle, writer: RunWriter, sub: Subscription, graph: dict[str, Any]) -> None:
+        follower = Follower(self.backend, self.policy, handle, writer, sub, workflow.node_infos(graph), self.metrics)
+        handle.task = asyncio.create_task(follower.run(), name=f"run-{writer.run_id}")
+        handle.task.add_done_callback(lambda _: self.runs.pop(writer.run_id, None))
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _replay(self, run_id: str) -> RunHandle:
-        """A read-only handle over a finished run's persisted events."""
-        return RunHandle.replay(run_id, journal.read(self.store.run_dir(run_id), run_id))
+    async def _replay(self, run_id: str) -> RunHandle:
+        """A read-only handle over a finished run's journaled events."""
+        try:
+            past = await asyncio.to_thread(self.store.read_events, run_id)
+        except DamagedRecord as exc:
+            raise RunDamaged(str(exc)) from exc
+        return RunHandle.replay(run_id, past)
 
     def _known(self, run_id: str) -> str:
         try:
             parse_run_id(run_id)
         except InvalidRunId as exc:
             raise InvalidRequest(f"run_id {run_id[:80]!r}: {exc}") from exc
+        if (damage := self.index.damage(run_id)) is not None:
+            raise RunDamaged(f"{damage}; the run is not resumed or listed until its folder is repaired or removed")
         if run_id not in self.index:
             raise RunNotFound(f"no run {run_id}")
         return run_id
 
-    def watch(self, run_id: str, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
-        """The run's events after ``after_seq``: replayed from its log, then live until it ends."""
+    async def watch(self, run_id: str, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
+        """The run's events after ``after_seq``: replayed from its journal, then live until it ends."""
         self._known(run_id)
-        handle = self.runs.get(run_id) or self._replay(run_id)
+        handle = self.runs.get(run_id) or await self._replay(run_id)
         return handle.events(after_seq)
 
     async def get(self, run_id: str) -> RunSummary:
         self._known(run_id)
-        metadata = await asyncio.to_thread(self.store.read_metadata, run_id)
-        if metadata is None:
-            raise RunNotFound(f"run {run_id} has no readable metadata")
         live = self.runs.get(run_id)
-        last_seq = live.last_seq if live else int(metadata.get("last_seq") or 0)
-        return summarize(metadata, self.policy.media_url, last_seq)
+        if live is not None and live.writer is not None:
+            return summarize(live.writer.record, self.policy.media_url, live.last_seq)
+        try:
+            record = await asyncio.to_thread(self.store.read_record, run_id)
+        except RunMissing as exc:
+            raise RunNotFound(f"run {run_id} has no record") from exc
+        except DamagedRecord as exc:
+            raise RunDamaged(str(exc)) from exc
+        return summarize(record, self.policy.media_url, record.last_seq)
 
     async def list_runs(
         self, statuses: frozenset[RunStatus], page_size: int, page_token: str
     ) -> tuple[list[RunSummary], str]:
         """Runs newest first; the token is the position after the last run of the previous page."""
         run_ids, token = self.index.page(statuses, page_size, page_token)
-        return [await self.get(run_id) for run_id in run_ids], token
+        summaries = []
+        for run_id in run_ids:
+            try:
+                summaries.append(await self.get(run_id))
+            except (RunNotFound, RunDamaged):
+                continue  # removed or damaged since it was indexed: GetRun says which
+        return summaries, token
 
     async def cancel(self, run_id: str, reason: str) -> RunSummary:
         """Cancel a run and wait until it has ended; a finished run is returned as it is."""
@@ -314,59 +339,50 @@ class Runner:
     # -- start-up and shutdown --------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Index run storage and re-attach every unfinished run by its prompt id; returns how many."""
-        metadata_list = await asyncio.to_thread(run_index.scan, self.store)
+        """Index run storage and re-attach every unfinished run by its prompt id; returns how many.
+
+        Needs no backend: a resumed run follows its prompt once the backend answers. A damaged run
+        folder is logged, counted and left alone; it never stops the service.
+        """
+        found = await asyncio.to_thread(run_index.scan, self.store)
         resumed = 0
-        for metadata in metadata_list:
-            record = RunRecord(self.store, str(metadata["run_id"]), metadata)
-            self.index.track(record)
-            if record.metadata.get("request_id") and (record.run_dir / journal.EVENTS_FILE).exists():
-                self.index.remember_request(str(record.metadata["request_id"]), record.run_id)
-            if not record.status.is_terminal:
-                await self._resume(record)
+        for run_id, loaded in found.items():
+            if isinstance(loaded, DamagedRecord):
+                self._damaged(loaded)
+                continue
+            writer = RunWriter(self.store, loaded.record, self.storage)
+            self.index.track(writer)
+            if loaded.record.request_id and loaded.events:
+                self.index.remember_request(loaded.record.request_id, run_id)
+            if not loaded.record.status.is_terminal:
+                try:
+                    graph = await asyncio.to_thread(self.store.read_workflow, run_id)
+                except DamagedRecord as exc:
+                    self._damaged(exc)
+                    continue
+                await self._resume(writer, loaded.events, graph)
                 resumed += 1
         return resumed
 
-    async def _resume(self, record: RunRecord) -> None:
-        for leftover in record.run_dir.glob(f".*{PARTIAL_SUFFIX}"):
-            leftover.unlink(missing_ok=True)  # a download cut off by the restart
-        past = await asyncio.to_thread(journal.read, record.run_dir, record.run_id)
-        graph = json.loads((record.run_dir / "01_workflow.json").read_text())
+    def _damaged(self, exc: DamagedRecord) -> None:
+        logger.error("damaged run folder, not resumed: %s", exc, extra={"run_id": exc.run_id})
+        self.index.mark_damaged(exc.run_id, str(exc))
+        self.metrics.damaged_runs.inc()
+
+    async def _resume(self, writer: RunWriter, past: list[ev.RunEvent], graph: dict[str, Any]) -> None:
+        await asyncio.to_thread(writer.resume)
+        record = writer.record
         sub = self.backend.subscribe(record.prompt_id)
         sub.blind = True  # its events went to the previous process's socket
-        handle = await self._attach(record, sub, past)
-        if not past:
-            # The service stopped between recording the run and announcing it: did the POST land?
-            if (
-                await self.backend.queue_state(record.prompt_id, max_age_s=0) is None
-                and await self.backend.history(record.prompt_id) is None
-            ):
-                self.backend.unsubscribe(sub)
-                self.runs.pop(record.run_id, None)
-                await record.update(
-                    status=RunStatus.FAILED,
-                    finished_at=utc_now(),
-                    durable=True,
-                    error=failure_to_json(
-                        ev.Failed(
-                            ev.FailureCode.PROMPT_LOST, "the service restarted before the backend took the prompt"
-                        )
-                    ),
-                )
-                return
-            handle.publish(
-                ev.Accepted(
-                    record.prompt_id,
-                    self.backend.public_url,
-                    str(record.metadata["workflow"]),
-                    str(record.metadata.get("template") or ""),
-                    tuple(record.metadata.get("seeds", {}).items()),
-                )
-            )
+        handle = self._attach(writer, sub, past)
         logger.info(
-            "run %s resumed after a restart (prompt %s, %d events so far)", record.run_id, record.prompt_id, len(past)
+            "run %s resumed after a restart (prompt %s, %d events so far)",
+            record.run_id,
+            record.prompt_id,
+            len(past),
+            extra=_context(record),
         )
-        self._follow(handle, record, sub, graph)
+        self._follow(handle, writer, sub, graph)
 
     async def close(self) -> None:
         """Stop following (runs stay unfinished in storage and are resumed by the next start)."""
@@ -380,12 +396,8 @@ class Runner:
 
 
 def _context(record: RunRecord) -> dict[str, str]:
-    """The fields every lifecycle log line carries (see logformat)."""
-    return {
-        "run_id": record.run_id,
-        "prompt_id": record.prompt_id,
-        "template": str(record.metadata.get("template") or ""),
-    }
+    """The fields every lifecycle log line carries (see comfy_generation.logformat)."""
+    return {"run_id": record.run_id, "prompt_id": record.prompt_id, "template": record.template}
 
 
 def _cancel_if_accepted(submission: asyncio.Task[RunHandle]) -> None:

@@ -14,16 +14,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from comfy_generation.runstore import RunStore
+from comfy_generation.runstore import RunOptions, RunStore
 from generation_service.auth import BearerTokenInterceptor
-from generation_service.comfy import ComfyBackend
+from generation_service.comfy_backend import ComfyBackend
 from generation_service.follower import FollowPolicy
-from generation_service.health import watching_backend
+from generation_service.health import ServiceHealth, watching_backend
 from generation_service.metrics import Metrics, serving_metrics
-from generation_service.run_record import RunOptions
 from generation_service.runner import Runner
 from generation_service.servicer import GenerationServicer
 from generation_service.settings import Settings
+from generation_service.storage_health import StorageHealth
 from generation_service.templating import TemplateCatalog, TemplateLoadError
 from generation_service.v1 import generation_pb2 as pb
 from generation_service.v1 import generation_pb2_grpc as pb_grpc
@@ -104,16 +104,19 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         poll_s=settings.history_poll_seconds,
         keepalive_s=settings.keepalive_seconds,
         cancel_confirm_s=settings.cancel_confirm_seconds,
+        lost_grace_s=settings.lost_prompt_grace_seconds,
         signing_secret=settings.media_signing_secret,
         url_ttl_s=settings.media_url_ttl_seconds,
     )
     defaults = RunOptions(
         queue_timeout_s=settings.queue_timeout_seconds, execution_timeout_s=settings.execution_timeout_seconds
     )
+    storage = StorageHealth(settings.runs_dir)
     runner = Runner(
         RunStore(settings.runs_dir),
         backend,
         policy,
+        storage=storage,
         defaults=defaults,
         max_in_flight=settings.max_runs_in_flight,
         metrics=metrics,
@@ -123,6 +126,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     async with contextlib.AsyncExitStack() as stack:
         await backend.start()
         stack.push_async_callback(backend.close)
+        await stack.enter_async_context(storage.probing())
         resumed = await runner.recover()
         stack.push_async_callback(runner.close)
         if resumed:
@@ -131,9 +135,9 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         if settings.metrics_listen:
             metrics_port = await stack.enter_async_context(serving_metrics(metrics, settings.metrics_listen))
         server, port, health_servicer = await create_server(settings, runner, metrics)
-        names = ("", SERVICE_NAME)
+        service_health = ServiceHealth(health_servicer, ("", SERVICE_NAME), storage)
         await stack.enter_async_context(
-            watching_backend(health_servicer, names, backend, metrics, settings.health_check_seconds)
+            watching_backend(service_health, backend, metrics, settings.health_check_seconds)
         )
         await server.start()
         try:

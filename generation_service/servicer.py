@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,7 +20,9 @@ from generation_service.errors import (
     GenerationError,
     InvalidRequest,
     RequestConflict,
+    RunDamaged,
     RunNotFound,
+    StorageUnavailable,
     TemplateNotFound,
     TooManyRuns,
     WorkflowRejected,
@@ -39,6 +42,8 @@ STATUS_FOR_ERROR: dict[type[GenerationError], grpc.StatusCode] = {
     TemplateNotFound: grpc.StatusCode.NOT_FOUND,
     TemplateRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     RequestConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    RunDamaged: grpc.StatusCode.DATA_LOSS,
+    StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
     TooManyRuns: grpc.StatusCode.RESOURCE_EXHAUSTED,
     BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
     BackendProtocolError: grpc.StatusCode.UNAVAILABLE,
@@ -73,7 +78,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         return await _call(context, submit)
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.RunEvent]:
-        events = await _call(context, lambda: _ready(self.runner.watch(request.run_id, request.after_seq)))
+        events = await _call(context, lambda: self.runner.watch(request.run_id, request.after_seq))
         with self.metrics.streams.labels(rpc="WatchRun").track_inprogress():
             async for event in events:
                 yield to_proto(event)
@@ -94,7 +99,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             catalog = self.runner.templates
             if catalog is None:
                 return pb.ListTemplatesResponse()
-            catalog.reload()
+            await asyncio.to_thread(catalog.reload)
             return pb.ListTemplatesResponse(templates=[template_to_proto(t) for t in catalog.templates()])
 
         return await _call(context, list_templates)
@@ -104,7 +109,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             catalog = self.runner.templates
             if catalog is None:
                 raise TemplateNotFound("this service has no templates (its templates_dir setting is empty)")
-            catalog.reload()
+            await asyncio.to_thread(catalog.reload)
             if not any(t.name == request.name for t in catalog.templates()):
                 known = ", ".join(t.name for t in catalog.templates()) or "none"
                 raise TemplateNotFound(f"no template {request.name!r}; known templates: {known}")
@@ -115,10 +120,6 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.Run:
         reason = request.reason or "cancelled by CancelRun"
         return await _call(context, lambda: _as_proto(self.runner.cancel(request.run_id, reason)))
-
-
-async def _ready(value: T) -> T:
-    return value
 
 
 async def _as_proto(summary: Awaitable[Any]) -> pb.Run:

@@ -18,6 +18,8 @@ HELP = {
     "listen": "HOST:PORT the gRPC server binds (port 0: a free port)",
     "media_base_url": "public base URL of the media gateway; output URLs are built on it",
     "history_poll_seconds": "how often /history is polled for a run while the backend websocket is down",
+    "lost_prompt_grace_seconds": "how long a prompt may be found neither queued nor in the backend's history "
+    "(slow proxies write history late) before its run fails as lost",
     "request_timeout_seconds": "timeout of one backend HTTP request (for downloads: of each read)",
     "shutdown_grace_seconds": "on SIGTERM, how long running calls get to finish before they are cut off",
     "queue_timeout_seconds": "default longest wait in the backend's queue before a run fails (per-request override)",
@@ -58,6 +60,7 @@ class Settings:
     media_base_url: str = "http://127.0.0.1:8080"
     history_poll_seconds: float = 1.0
     request_timeout_seconds: float = 30.0
+    lost_prompt_grace_seconds: float = 60.0
     shutdown_grace_seconds: float = 10.0
     queue_timeout_seconds: float = 3600.0
     execution_timeout_seconds: float = 3600.0

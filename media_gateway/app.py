@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import time
-from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -21,11 +20,11 @@ from comfy_generation.runstore import (
     InvalidRunId,
     MediaKind,
     RunStore,
+    output_url,
     parse_run_id,
     signature_problem,
-    signed_media_url,
 )
-from media_gateway.catalog import OutputNotFound, RunCatalog
+from media_gateway.catalog import OutputNotFound, RecordDamaged, RunCatalog, UrlFor
 from media_gateway.metrics import Metrics, MetricsMiddleware
 from media_gateway.player import render_run_page
 from media_gateway.responses import MediaResponse, json_error
@@ -95,14 +94,17 @@ class _Endpoints:
         assert expires is not None
         return int(expires)
 
-    def _sign_outputs(self, document: dict[str, Any], request_expires: int | None) -> None:
-        if not self.secret:
-            return
+    def _url_for(self, request_expires: int | None) -> UrlFor:
+        """How the info document and the page link outputs: signed (expiring with the request's own
+        signature at the latest) when signing is on."""
         expires = int(time.time()) + self.ttl
         if request_expires is not None:
             expires = min(expires, request_expires)
-        for output in document["outputs"]:
-            output["url"] = signed_media_url(output["url"], self.secret, expires)
+
+        def url_for(kind: MediaKind, run_id: str, index: int) -> str:
+            return output_url("", kind, run_id, index, secret=self.secret, expires=expires)
+
+        return url_for
 
     async def media(self, request: Request) -> Response:
         self._check_signature(request)
@@ -113,6 +115,8 @@ class _Endpoints:
             output = await anyio.to_thread.run_sync(self.catalog.find_output, run_id, kind, index)
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
+        except RecordDamaged as exc:
+            raise HTTPException(422, str(exc)) from exc
         attachment = request.query_params.get("download", "").lower() in _YES
         return MediaResponse(output, attachment=attachment, accel_prefix=self.accel_prefix)
 
@@ -127,25 +131,26 @@ class _Endpoints:
         expires = self._check_signature(request)
         run_id = _run_id(request)
         try:
-            document = await anyio.to_thread.run_sync(self.catalog.describe, run_id)
+            document = await anyio.to_thread.run_sync(self.catalog.describe, run_id, self._url_for(expires))
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
-        self._sign_outputs(document, expires)
+        except RecordDamaged as exc:
+            raise HTTPException(422, str(exc)) from exc
         return JSONResponse(document, headers={"Cache-Control": "no-cache"})  # status changes while it runs
 
     async def run_page(self, request: Request) -> Response:
         expires = self._check_signature(request)
         run_id = _run_id(request)
+        url_for = self._url_for(expires)
         try:
-            document, metadata = await anyio.to_thread.run_sync(
-                lambda: (self.catalog.describe(run_id), self.catalog.require(run_id))
+            document, record = await anyio.to_thread.run_sync(
+                lambda: (self.catalog.describe(run_id, url_for), self.catalog.record(run_id))
             )
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
-        self._sign_outputs(document, expires)
-        error = metadata.get("error")
-        message = str(error.get("message")) if isinstance(error, dict) and error.get("message") else None
-        page = render_run_page(document, error=message)
+        except RecordDamaged as exc:
+            raise HTTPException(422, str(exc)) from exc
+        page = render_run_page(document, error=record.error.message if record.error else None)
         return HTMLResponse(page, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
     async def healthz(self, request: Request) -> Response:

@@ -21,7 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from comfy_generation.runstore import RunStore, entity_filename, new_run_id, utc_now
+from comfy_generation.runstore import RunStore
+from comfy_generation.runstore.builder import write_finished_run
 
 CASES = [  # (label, file, extra wrk arguments)
     ("64 KiB png, c16", "image", []),
@@ -31,12 +32,10 @@ CASES = [  # (label, file, extra wrk arguments)
 
 
 def make_run(root: Path, kind: str, ext: str, size: int) -> str:
-    run_id = new_run_id()
-    run_dir = RunStore(root).create_run(run_id)
-    name = entity_filename(2, f"output_{kind}", ext)
-    (run_dir / name).write_bytes(os.urandom(size))
-    entity = {"sequence": 2, "type": f"output_{kind}", "filename": name, "timestamp": utc_now(), "metadata": {}}
-    RunStore(root).write_metadata(run_id, {"run_id": run_id, "status": "completed", "entities": [entity]})
+    """A finished run with one output of ``size`` random bytes named ``output.<ext>`` (a ``kind`` file)."""
+    content = b"\0" + os.urandom(size - 1)  # a leading zero byte matches no format's magic: the name decides
+    run_id = write_finished_run(root, [(content, f"output.{ext}")])
+    assert RunStore(root).read_record(run_id).outputs()[0].type == f"output_{kind}"
     return run_id
 
 

@@ -7,24 +7,25 @@ Run ids reaching this module have already passed ``runstore.parse_run_id``; file
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comfy_generation.runstore import (
     UNKNOWN_FORMAT,
+    DamagedRecord,
     MediaFormat,
     MediaKind,
+    OutputMeta,
+    RunMissing,
+    RunRecord,
     RunStore,
-    all_outputs,
     format_for_extension,
-    media_url,
-    output_entities,
 )
 from media_gateway.probe import probe
 
@@ -34,10 +35,15 @@ logger = logging.getLogger(__name__)
 SERVED_KINDS = (MediaKind.IMAGE, MediaKind.AUDIO, MediaKind.VIDEO, MediaKind.MODEL)
 
 _StatKey = tuple[int, int, int]
+UrlFor = Callable[[MediaKind, str, int], str]  # (kind, run_id, index) -> the output's URL
 
 
 class OutputNotFound(LookupError):
     """The run, or the requested output of it, does not exist; the message is safe to show to clients."""
+
+
+class RecordDamaged(LookupError):
+    """The run's record cannot be read as one; the message (naming the field) is safe to show to clients."""
 
 
 @dataclass(frozen=True)
@@ -56,30 +62,13 @@ class ResolvedOutput:
 @dataclass(frozen=True)
 class _Entry:
     key: _StatKey
-    metadata: dict[str, Any] | None
+    record: RunRecord | DamagedRecord
 
 
 def _stat_key(st: os.stat_result) -> _StatKey:
     # metadata.json is replaced by os.replace on every write, so the inode changes even when a rewrite
     # lands within the same mtime tick with the same size.
     return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _clean(data: Any) -> dict[str, Any] | None:
-    """The record with only well-formed entities kept, so that a tampered file cannot crash lookups."""
-    if not isinstance(data, dict):
-        return None
-    entities = data.get("entities")
-    kept: list[dict[str, Any]] = []
-    for entity in entities if isinstance(entities, list) else []:
-        if not isinstance(entity, dict):
-            continue
-        try:
-            int(entity.get("sequence", 0))
-        except (TypeError, ValueError):
-            continue
-        kept.append(entity)
-    return {**data, "entities": kept}
 
 
 class RunCatalog:
@@ -93,56 +82,49 @@ class RunCatalog:
         self.loads = 0  # how many times a record was read and parsed (for tests and debugging)
         self._facts: OrderedDict[tuple[Path, _StatKey], dict[str, Any]] = OrderedDict()
 
-    def metadata(self, run_id: str) -> dict[str, Any] | None:
-        """The run's record (shared, do not mutate), or None when the run does not exist or is unreadable."""
+    def record(self, run_id: str) -> RunRecord:
+        """The run's record (cached until metadata.json changes). Raises OutputNotFound when the run does
+        not exist, RecordDamaged when its record is not one the service could have written."""
         path = self.store.metadata_path(run_id)
         try:
             key = _stat_key(os.stat(path))
         except (FileNotFoundError, NotADirectoryError):
             with self._lock:
                 self._cache.pop(run_id, None)
-            return None
+            raise OutputNotFound(f"run {run_id} not found") from None
         with self._lock:
             entry = self._cache.get(run_id)
             if entry is not None and entry.key == key:
                 self._cache.move_to_end(run_id)
-                return entry.metadata
-        entry = self._load(path)
+            else:
+                entry = None
         if entry is None:
-            return None
-        with self._lock:
-            self._cache[run_id] = entry
-            self._cache.move_to_end(run_id)
-            while len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
-        return entry.metadata
+            entry = self._load(run_id, key)
+            with self._lock:
+                self._cache[run_id] = entry
+                self._cache.move_to_end(run_id)
+                while len(self._cache) > self.max_cached:
+                    self._cache.popitem(last=False)
+        if isinstance(entry.record, DamagedRecord):
+            raise RecordDamaged(str(entry.record))
+        return entry.record
 
-    def _load(self, path: Path) -> _Entry | None:
-        try:
-            with open(path, "rb") as fh:
-                key = _stat_key(os.fstat(fh.fileno()))  # the key of the bytes we read, not of a later file
-                raw = fh.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+    def _load(self, run_id: str, key: _StatKey) -> _Entry:
         with self._lock:
             self.loads += 1
         try:
-            metadata = _clean(json.loads(raw))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            metadata = None
-        if metadata is None:
-            logger.warning("unreadable run record %s", path)
-        return _Entry(key, metadata)
-
-    def require(self, run_id: str) -> dict[str, Any]:
-        metadata = self.metadata(run_id)
-        if metadata is None:
-            raise OutputNotFound(f"run {run_id} not found")
-        return metadata
+            record: RunRecord | DamagedRecord = self.store.read_record(run_id)
+        except RunMissing:
+            raise OutputNotFound(f"run {run_id} not found") from None
+        except DamagedRecord as exc:
+            logger.warning("damaged run record: %s", exc)
+            record = exc
+        # Keyed by the stat seen before reading: a record replaced meanwhile is read again next time.
+        return _Entry(key, record)
 
     def find_output(self, run_id: str, kind: MediaKind, index: int | None) -> ResolvedOutput:
         """The ``index``-th output of ``kind`` (0-based, sequence order), or the latest when index is None."""
-        outputs = output_entities(self.require(run_id), kind)
+        outputs = self.record(run_id).outputs(kind)
         if not outputs:
             raise OutputNotFound(f"run {run_id} has no {kind.value} output")
         if index is None:
@@ -159,47 +141,43 @@ class RunCatalog:
         except FileNotFoundError:  # removed since entity_path looked
             stat = None
         if path is None or stat is None:
-            logger.warning("run %s: %s output %d has no servable file %r", run_id, kind, index, entity.get("filename"))
+            logger.warning("run %s: %s output %d has no servable file %r", run_id, kind, index, entity.filename)
             raise OutputNotFound(f"run {run_id}: {kind.value} output {index} is not available")
         ext = path.suffix.lower().lstrip(".")
         return ResolvedOutput(run_id, kind, index, path, stat, format_for_extension(ext) or UNKNOWN_FORMAT, ext)
 
-    def describe(self, run_id: str) -> dict[str, Any]:
+    def describe(self, run_id: str, url_for: UrlFor) -> dict[str, Any]:
         """The info document: the run's status and every servable output with its gateway URL.
 
         Indexes count every output of a kind, as ``find_output`` does, so a listed URL always serves that file.
         """
-        metadata = self.require(run_id)
-        counters: dict[str, int] = {}
+        record = self.record(run_id)
+        counters: dict[MediaKind, int] = {}
         outputs: list[dict[str, Any]] = []
-        served = {kind.entity_type: kind for kind in SERVED_KINDS}
-        for entity in all_outputs(metadata):
-            kind = served.get(str(entity.get("type")))
-            if kind is None:
+        for entity in record.outputs():
+            kind, meta = entity.kind, entity.metadata
+            if kind not in SERVED_KINDS or not isinstance(meta, OutputMeta):
                 continue
             index = counters.get(kind, 0)
             counters[kind] = index + 1
             path = self.store.entity_path(run_id, entity)
             if path is None:
                 continue  # not servable (missing or tampered): keep the index count, do not advertise it
-            meta = entity.get("metadata")
-            meta = meta if isinstance(meta, dict) else {}
-            filename = str(entity.get("filename", ""))
-            media_format = format_for_extension(Path(filename).suffix)
+            media_format = format_for_extension(Path(entity.filename).suffix)
             outputs.append(
                 {
                     "type": kind.value,
                     "index": index,
-                    "url": media_url("", kind, run_id, index),
-                    "mime": media_format.mime if media_format is not None else meta.get("mime", UNKNOWN_FORMAT.mime),
-                    "size_bytes": meta.get("size_bytes"),
-                    "sha256": meta.get("sha256"),
-                    "node_id": meta.get("node_id"),
-                    "filename": filename,
+                    "url": url_for(kind, run_id, index),
+                    "mime": media_format.mime if media_format is not None else meta.mime,
+                    "size_bytes": meta.size_bytes,
+                    "sha256": meta.sha256,
+                    "node_id": meta.node_id,
+                    "filename": entity.filename,
                     **self.facts(path),
                 }
             )
-        return {"run_id": run_id, "status": metadata.get("status"), "outputs": outputs}
+        return {"run_id": run_id, "status": record.status.value, "outputs": outputs}
 
     def facts(self, path: Path) -> dict[str, Any]:
         """``probe(path)``, cached until the file changes (outputs never do, so this reads each file once)."""

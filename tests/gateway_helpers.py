@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -17,14 +18,15 @@ import av
 import numpy as np
 
 from comfy_generation.runstore import (
-    SNIFF_BYTES,
+    Entity,
+    OutputMeta,
+    RunStatus,
     RunStore,
-    atomic_file,
-    detect_format,
     entity_filename,
-    new_run_id,
-    utc_now,
+    record_text,
+    write_text_atomic,
 )
+from comfy_generation.runstore.builder import write_finished_run
 
 
 def png_bytes(width: int = 4, height: int = 3, rgb: tuple[int, int, int] = (200, 30, 60)) -> bytes:
@@ -88,41 +90,31 @@ def glb_bytes() -> bytes:
 
 def write_run(root: Path, outputs: Sequence[tuple[bytes, str]], status: str = "completed") -> str:
     """Create a run folder like the generation service does; ``outputs`` are (content, backend file name)."""
-    store = RunStore(root)
-    run_id = new_run_id()
-    run_dir = store.create_run(run_id)
-    with atomic_file(run_dir / "01_workflow.json") as fh:
-        fh.write(b"{}")
-    entities: list[dict[str, Any]] = [
-        {"sequence": 1, "type": "workflow", "filename": "01_workflow.json", "timestamp": utc_now(), "metadata": {}}
-    ]
-    for sequence, (content, backend_name) in enumerate(outputs, start=2):
-        fmt = detect_format(content[:SNIFF_BYTES], backend_name)
-        filename = entity_filename(sequence, fmt.kind.entity_type, fmt.ext)
-        with atomic_file(run_dir / filename) as fh:
-            fh.write(content)
-        entities.append(
-            {
-                "sequence": sequence,
-                "type": fmt.kind.entity_type,
-                "filename": filename,
-                "timestamp": utc_now(),
-                "metadata": {
-                    "format": fmt.ext,
-                    "mime": fmt.mime,
-                    "size_bytes": len(content),
-                    "sha256": hashlib.sha256(content).hexdigest(),
-                    "node_id": str(sequence + 7),
-                    "filename": backend_name,
-                    "subfolder": "",
-                },
-            }
-        )
-    store.write_metadata(run_id, {"run_id": run_id, "timestamp": utc_now(), "status": status, "entities": entities})
-    return run_id
+    return write_finished_run(root, outputs, RunStatus(status))
 
 
 def read_metadata(root: Path, run_id: str) -> dict[str, Any]:
     data = json.loads((root / run_id / "metadata.json").read_bytes())
     assert isinstance(data, dict)
     return data
+
+
+def write_metadata(root: Path, run_id: str, data: object) -> None:
+    """Replace a run's record with ``data`` as is: a hand edit, as an operator (or an attacker) would make."""
+    (root / run_id).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / run_id / "metadata.json", json.dumps(data, indent=2))
+
+
+def write_run_as_named(root: Path, outputs: Sequence[tuple[str, str, bytes]]) -> str:
+    """A finished run whose outputs are (kind, extension, content), stored as given: no sniffing."""
+    store = RunStore(root)
+    run_id = write_finished_run(root, [])
+    record = store.read_record(run_id)
+    entities = list(record.entities)
+    for sequence, (kind, ext, content) in enumerate(outputs, start=2):
+        name = entity_filename(sequence, f"output_{kind}", ext)
+        (root / run_id / name).write_bytes(content)
+        meta = OutputMeta(ext, "", len(content), hashlib.sha256(content).hexdigest(), "9", name, "", "output")
+        entities.append(Entity(sequence, f"output_{kind}", name, record.timestamp, meta))
+    write_text_atomic(store.metadata_path(run_id), record_text(dataclasses.replace(record, entities=tuple(entities))))
+    return run_id

@@ -43,6 +43,7 @@ def service_settings(tmp_path: Path, gateway_url: str, **overrides: object) -> S
         "listen": "127.0.0.1:0",
         "media_base_url": gateway_url,
         "history_poll_seconds": 0.2,
+        "lost_prompt_grace_seconds": 2.0,  # the tests' backends forget prompts on purpose, not by lag
         "shutdown_grace_seconds": 1.0,
         "templates_dir": str(REPO / "templates"),
     }

@@ -14,8 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comfy_generation.runstore import RunStore, entity_filename, new_run_id, utc_now
-from gateway_helpers import mp3_bytes, mp4_bytes, png_bytes, write_run
+from comfy_generation.runstore import new_run_id
+from gateway_helpers import (
+    mp3_bytes,
+    mp4_bytes,
+    png_bytes,
+    read_metadata,
+    write_metadata,
+    write_run,
+    write_run_as_named,
+)
 from media_gateway.serve import running_gateway, running_granian
 from media_gateway.settings import Settings
 
@@ -203,14 +211,10 @@ MIME_TABLE = {
 
 async def test_every_extension_is_served_with_its_mime_type(client: httpx.AsyncClient):
     root = runs_of(client)
-    run_id = new_run_id()
-    run_dir = RunStore(root).create_run(run_id)
-    entities = []
-    for sequence, (ext, (kind, _)) in enumerate(MIME_TABLE.items(), start=2):
-        name = entity_filename(sequence, f"output_{kind}", ext)
-        (run_dir / name).write_bytes(b"opaque bytes " + ext.encode())  # the gateway never sniffs what it serves
-        entities.append({"sequence": sequence, "type": f"output_{kind}", "filename": name, "timestamp": utc_now()})
-    RunStore(root).write_metadata(run_id, {"run_id": run_id, "status": "completed", "entities": entities})
+    # The gateway never sniffs what it serves: opaque bytes under each extension.
+    run_id = write_run_as_named(
+        root, [(kind, ext, b"opaque bytes " + ext.encode()) for ext, (kind, _) in MIME_TABLE.items()]
+    )
 
     info = (await client.get(f"/api/media/info/{run_id}")).json()
     for output, (ext, (kind, mime)) in zip(info["outputs"], MIME_TABLE.items(), strict=True):
@@ -242,10 +246,10 @@ async def test_run_page_shows_status_and_every_output(client: httpx.AsyncClient)
 async def test_run_page_of_a_failed_run_escapes_the_message(client: httpx.AsyncClient):
     root = runs_of(client)
     run_id = write_run(root, [], status="failed")
-    metadata = RunStore(root).read_metadata(run_id)
+    metadata = read_metadata(root, run_id)
     assert metadata is not None
-    metadata["error"] = {"message": "<script>alert(1)</script> node 3 failed"}
-    RunStore(root).write_metadata(run_id, metadata)
+    metadata["error"] = {"code": "execution_error", "message": "<script>alert(1)</script> node 3 failed"}
+    write_metadata(root, run_id, metadata)
 
     html = (await client.get(f"/runs/{run_id}")).text
 

@@ -16,8 +16,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from comfy_generation.runstore import RunStore
-from generation_service.events import Cancelled
+from comfy_generation.runstore.events import Cancelled
+from gateway_helpers import read_metadata
 from generation_service.v1 import generation_pb2 as pb
 from stack_helpers import WORKFLOWS, Stack, StackFactory
 
@@ -88,7 +88,7 @@ async def test_image_run_streams_progress_and_serves_the_png(stack: Stack) -> No
     assert pixels.shape == (512, 512, 3)
     assert tuple(pixels[0, 0]) == (0x33, 0x66, 0xCC)  # color 3368652 = #3366CC
 
-    metadata = RunStore(stack.runs_dir).read_metadata(events[0].run_id)
+    metadata = read_metadata(stack.runs_dir, events[0].run_id)
     assert metadata is not None
     assert metadata["status"] == "completed" and metadata["workflow"] == "demo image"
     assert metadata["prompt_id"] == events[0].accepted.prompt_id
@@ -163,7 +163,7 @@ async def test_identical_resubmission_writes_a_new_file(stack: Stack) -> None:
     assert a.url != b.url
     # Same pixels, but a file of its own (the PNG's embedded prompt names the second run's prefix).
     assert (decode_first_frame(await fetch_output(stack, a)) == decode_first_frame(await fetch_output(stack, b))).all()
-    metadata = RunStore(stack.runs_dir).read_metadata(second[0].run_id)
+    metadata = read_metadata(stack.runs_dir, second[0].run_id)
     assert metadata is not None
     assert metadata["entities"][1]["metadata"]["subfolder"] == f"gensvc/{second[0].run_id}"
 
@@ -202,7 +202,7 @@ async def test_value_below_minimum_is_invalid_argument_naming_node_and_input(sta
     assert bad_request_fields(error) == ["workflow_json.1.inputs.width"]
     assert output_files(stack.runs_dir) == []
     (run_dir,) = stack.runs_dir.iterdir()
-    metadata = RunStore(stack.runs_dir).read_metadata(run_dir.name)
+    metadata = read_metadata(stack.runs_dir, run_dir.name)
     assert metadata is not None and metadata["status"] == "failed"
 
 
@@ -259,7 +259,7 @@ async def test_execution_error_ends_with_failed_naming_the_node(stack: Stack) ->
     assert failed.exception_type == "av.error.InvalidDataError"
     assert failed.message
     assert output_files(stack.runs_dir) == []
-    metadata = RunStore(stack.runs_dir).read_metadata(events[0].run_id)
+    metadata = read_metadata(stack.runs_dir, events[0].run_id)
     assert metadata is not None and metadata["status"] == "failed"
     assert metadata["error"]["node_id"] == "1"
     response = await stack.http.get(f"/api/media/audio/{events[0].run_id}")
@@ -279,7 +279,7 @@ async def test_cancelling_the_call_interrupts_the_backend_prompt(stack: Stack) -
     assert handle.task is not None
     call.cancel()
     await asyncio.wait_for(handle.task, 10)
-    metadata = RunStore(stack.runs_dir).read_metadata(run_id)
+    metadata = read_metadata(stack.runs_dir, run_id)
     assert metadata is not None and metadata["status"] == "cancelled"
     events = [e async for e in handle.events()]
     assert isinstance(events[-1].body, Cancelled)

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comfy_generation.runstore import RunStore, new_run_id, write_json_atomic
-from gateway_helpers import glb_bytes, mp3_bytes, mp4_bytes, png_bytes, read_metadata, write_run
+from comfy_generation.runstore import new_run_id
+from gateway_helpers import glb_bytes, mp3_bytes, mp4_bytes, png_bytes, read_metadata, write_metadata, write_run
 from media_gateway.app import create_app
 from media_gateway.catalog import RunCatalog
 from media_gateway.serve import running_gateway, running_granian
@@ -272,20 +272,21 @@ def _retarget_first_image(runs_dir: Path, run_id: str, filename: str) -> None:
     metadata = read_metadata(runs_dir, run_id)
     entity = next(e for e in metadata["entities"] if e["type"] == "output_image")
     entity["filename"] = filename
-    RunStore(runs_dir).write_metadata(run_id, metadata)
+    write_metadata(runs_dir, run_id, metadata)
 
 
 @pytest.mark.parametrize("target", ["../{other}/02_output_image.png", "{abs}", "../secret.png", "..", ".", ""])
-async def test_entity_filename_pointing_outside_the_run_folder_is_404(gw: Gateway, target):
+async def test_entity_filename_pointing_outside_the_run_folder_is_refused(gw: Gateway, target):
     secret = b"\x89PNG\r\n\x1a\nSECRET"
     (gw.runs_dir / "secret.png").write_bytes(secret)
     other = write_run(gw.runs_dir, [(secret, "x.png")])
     run_id = write_run(gw.runs_dir, [(png_bytes(), "a.png")])
     _retarget_first_image(gw.runs_dir, run_id, target.format(other=other, abs=gw.runs_dir / "secret.png"))
 
-    for path in (f"/api/media/image/{run_id}", f"/api/media/image/{run_id}/0"):
+    for path in (f"/api/media/image/{run_id}", f"/api/media/image/{run_id}/0", f"/api/media/info/{run_id}"):
         response = await gw.client.get(path)
-        assert_json_error(response, 404)
+        assert_json_error(response, 422)  # a record the service could not have written: damaged
+        assert "filename" in response.json()["error"]
         assert b"SECRET" not in response.content
 
 
@@ -312,20 +313,22 @@ async def test_output_file_missing_on_disk_is_404(gw: Gateway):
     assert "not available" in assert_json_error(await gw.client.get(f"/api/media/image/{run_id}"), 404)
 
 
-async def test_garbage_metadata_is_404_not_500(gw: Gateway):
+async def test_garbage_metadata_is_422_not_500(gw: Gateway):
     broken = new_run_id()
     (gw.runs_dir / broken).mkdir()
     (gw.runs_dir / broken / "metadata.json").write_bytes(b"{not json")
     odd = new_run_id()
     (gw.runs_dir / odd).mkdir()
-    write_json_atomic(
-        gw.runs_dir / odd / "metadata.json", {"entities": [7, {"sequence": "x"}, {"type": "output_image"}]}
-    )
+    write_metadata(gw.runs_dir, odd, {"entities": [7, {"sequence": "x"}, {"type": "output_image"}]})
 
-    assert_json_error(await gw.client.get(f"/api/media/image/{broken}"), 404)
-    assert_json_error(await gw.client.get(f"/api/media/info/{broken}"), 404)
-    assert_json_error(await gw.client.get(f"/api/media/image/{odd}"), 404)
-    assert (await gw.client.get(f"/api/media/info/{odd}")).json()["outputs"] == []
+    for path in (f"/api/media/image/{broken}", f"/api/media/info/{broken}", f"/runs/{broken}"):
+        response = await gw.client.get(path)
+        assert_json_error(response, 422)
+        assert "not valid JSON" in response.json()["error"]
+    for path in (f"/api/media/image/{odd}", f"/api/media/info/{odd}", f"/runs/{odd}"):
+        response = await gw.client.get(path)
+        assert_json_error(response, 422)
+        assert "metadata.json field 'run_id': is missing" in response.json()["error"]
 
 
 # --- metadata cache ------------------------------------------------------------------------------------
@@ -343,24 +346,24 @@ async def test_metadata_is_parsed_once_until_the_file_changes(gw: Gateway):
     metadata = read_metadata(gw.runs_dir, run_id)
     (gw.runs_dir / run_id / "03_output_image.png").write_bytes(newer)
     metadata["entities"].append({**metadata["entities"][1], "sequence": 3, "filename": "03_output_image.png"})
-    RunStore(gw.runs_dir).write_metadata(run_id, metadata)
+    write_metadata(gw.runs_dir, run_id, metadata)
 
     assert (await gw.client.get(f"/api/media/image/{run_id}")).content == newer
     assert gw.catalog.loads == 2
 
 
 async def test_same_size_rewrite_is_picked_up(gw: Gateway):
-    run_id = write_run(gw.runs_dir, [(png_bytes(), "a.png")], status="running")
-    assert (await gw.client.get(f"/api/media/info/{run_id}")).json()["status"] == "running"
+    run_id = write_run(gw.runs_dir, [(png_bytes(), "a.png")], status="queued")
+    assert (await gw.client.get(f"/api/media/info/{run_id}")).json()["status"] == "queued"
     path = gw.runs_dir / run_id / "metadata.json"
     before = os.stat(path)
-    rewritten = path.read_bytes().replace(b'"running"', b'"failed!"')
+    rewritten = path.read_bytes().replace(b'"queued"', b'"failed"')
     tmp = path.with_name(".metadata.json.tmp")
     tmp.write_bytes(rewritten)
     os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime: only the inode differs
     os.replace(tmp, path)
 
-    assert (await gw.client.get(f"/api/media/info/{run_id}")).json()["status"] == "failed!"
+    assert (await gw.client.get(f"/api/media/info/{run_id}")).json()["status"] == "failed"
 
 
 async def test_deleted_run_is_404_again(gw: Gateway):

@@ -65,6 +65,8 @@ async def service_process(tmp_path: Path, simulator: Simulator) -> AsyncIterator
                 "0.2",
                 "--keepalive-seconds",
                 "0.2",
+                "--lost-prompt-grace-seconds",
+                "2",
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=REPO,

@@ -8,16 +8,27 @@ from pathlib import Path
 import pytest
 
 from comfy_generation.runstore import (
+    CurrentState,
+    DamagedRecord,
+    Entity,
     InvalidRunId,
     MediaKind,
+    OutputMeta,
     PartialFile,
+    RunMissing,
+    RunOptions,
+    RunRecord,
+    RunStatus,
     RunStore,
     atomic_file,
     detect_format,
     format_for_extension,
     new_run_id,
     parse_run_id,
+    record_text,
+    utc_now,
 )
+from comfy_generation.runstore.builder import write_finished_run
 
 TRANSCRIPTS = Path(__file__).parent / "data" / "comfyui-transcripts"
 
@@ -105,33 +116,43 @@ def test_partial_file_commits_under_a_name_chosen_last(tmp_path: Path) -> None:
     assert oct((tmp_path / "02_output_image.png").stat().st_mode & 0o777) == oct(0o644)
 
 
+def _output(sequence: int, filename: str) -> Entity:
+    meta = OutputMeta("png", "image/png", 1, "0" * 64, "9", "x.png", "", "output")
+    return Entity(sequence, "output_image", filename, utc_now(), meta)
+
+
 def test_entity_paths_never_leave_the_run_folder(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "runs")
     run_id, other = new_run_id(), new_run_id()
-    run_dir = store.create_run(run_id)
-    store.create_run(other)
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True)
+    store.run_dir(other).mkdir()
     (run_dir / "02_output_image.png").write_bytes(b"x")
     (tmp_path / "runs" / other / "secret.png").write_bytes(b"secret")
     os.symlink(tmp_path / "runs" / other / "secret.png", run_dir / "03_output_image.png")
-    assert store.entity_path(run_id, {"filename": "02_output_image.png"}) == (run_dir / "02_output_image.png")
-    for name in [
-        "../" + other + "/secret.png",
-        str(tmp_path / "runs" / other / "secret.png"),
-        "03_output_image.png",
-        ".",
-        "",
-        None,
-        "missing.png",
-        ".hidden",
-    ]:
-        assert store.entity_path(run_id, {"filename": name}) is None, name
+    assert store.entity_path(run_id, _output(2, "02_output_image.png")) == (run_dir / "02_output_image.png")
+    assert store.entity_path(run_id, _output(3, "03_output_image.png")) is None  # a symlink
+    assert store.entity_path(run_id, _output(4, "04_output_image.png")) is None  # missing
 
 
-def test_metadata_round_trip_and_unknown_runs(tmp_path: Path) -> None:
-    store = RunStore(tmp_path)
+@pytest.mark.parametrize(
+    "name", ["../x/02_output_image.png", "/etc/passwd", ".", "", ".hidden", "02_a\nb.png", "é.png"]
+)
+def test_a_record_naming_a_file_outside_its_folder_is_damaged(name: str) -> None:
     run_id = new_run_id()
-    store.create_run(run_id)
-    store.write_metadata(run_id, {"run_id": run_id, "entities": []})
-    assert store.read_metadata(run_id) == {"run_id": run_id, "entities": []}
-    assert store.read_metadata(new_run_id()) is None
+    record = RunRecord(
+        run_id, utc_now(), RunStatus.COMPLETED, "", "", "", RunOptions(), CurrentState("completed"), (_output(2, name),)
+    )
+    with pytest.raises(DamagedRecord, match=r"entities\[0\]\.filename"):
+        RunRecord.from_json(record_text(record).encode(), run_id)
+
+
+def test_record_round_trip_and_unknown_runs(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = write_finished_run(tmp_path, [(b"\x89PNG\r\n\x1a\n", "a.png")])
+    record = store.read_record(run_id)
+    assert RunRecord.from_json(record_text(record).encode(), run_id) == record
+    assert [e.filename for e in record.outputs()] == ["02_output_image.png"]
+    with pytest.raises(RunMissing):
+        store.read_record(new_run_id())
     assert format_for_extension(".JPEG") == format_for_extension("jpg")

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from comfy_generation.runstore import RunStore, entity_filename, new_run_id
+from comfy_generation.runstore import RunStore, new_run_id
+from comfy_generation.runstore.builder import write_finished_run
 from generation_service.templating import (
     Template,
     TemplateCatalog,
@@ -425,16 +426,8 @@ def test_media_problems(tmp_path: Path) -> None:
 
 
 def store_with_run(root: Path) -> tuple[RunStore, str]:
-    store = RunStore(root)
-    run_id = new_run_id()
-    folder = store.create_run(run_id)
-    entities = []
-    for seq, (kind, data) in enumerate([("image", PNG), ("audio", MP3), ("image", PNG + b"2")], start=2):
-        name = entity_filename(seq, f"output_{kind}", "png" if kind == "image" else "mp3")
-        (folder / name).write_bytes(data)
-        entities.append({"sequence": seq, "type": f"output_{kind}", "filename": name})
-    store.write_metadata(run_id, {"run_id": run_id, "status": "completed", "entities": entities})
-    return store, run_id
+    run_id = write_finished_run(root, [(PNG, "a.png"), (MP3, "a.mp3"), (PNG + b"2", "b.png")])
+    return RunStore(root), run_id
 
 
 def test_run_references_resolve_through_run_storage(tmp_path: Path) -> None:

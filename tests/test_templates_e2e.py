@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from comfy_generation.runstore import RunStore
 from comfy_simulator.media import png_bytes
+from gateway_helpers import read_metadata
 from generation_client.requests import param_value
 from generation_service.v1 import generation_pb2 as pb
 from stack_helpers import Stack
@@ -24,7 +24,7 @@ async def run(stack: Stack, name: str, params: dict[str, Any]) -> tuple[dict[str
     events = [event async for event in stack.stub.Generate(request)]
     assert events[-1].WhichOneof("kind") == "completed", events[-1]
     assert events[0].accepted.template == name
-    metadata = RunStore(stack.runs_dir).read_metadata(events[0].run_id)
+    metadata = read_metadata(stack.runs_dir, events[0].run_id)
     assert metadata is not None and metadata["template"] == name
     return metadata, events
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from comfy_generation.runstore import (
     SNIFF_BYTES,
+    DamagedRecord,
     InvalidRunId,
     MediaKind,
+    RunMissing,
     RunStore,
     detect_format,
-    output_entities,
     parse_run_id,
 )
 from generation_service.workflow import PREFIX_ROOT
@@ -96,10 +97,15 @@ def _run_output(ref: str, kind: MediaKind, store: RunStore | None) -> tuple[Path
         run_id = parse_run_id(match["run_id"])
     except InvalidRunId:
         raise ValueError(f"{match['run_id']!r} is not a run id (a lowercase hyphenated UUID)") from None
-    metadata = store.read_metadata(run_id) if store is not None else None
-    if metadata is None:
+    if store is None:
         raise ValueError(f"run {run_id} does not exist here; refer to a run of this service")
-    outputs = output_entities(metadata, kind)
+    try:
+        record = store.read_record(run_id)
+    except RunMissing:
+        raise ValueError(f"run {run_id} does not exist here; refer to a run of this service") from None
+    except DamagedRecord as exc:
+        raise ValueError(f"{exc}: refer to another run's output") from None
+    outputs = record.outputs(kind)
     if not outputs:
         raise ValueError(f"run {run_id} has no {kind.value} output")
     index = int(match["index"]) if match["index"] is not None else len(outputs) - 1
@@ -107,7 +113,6 @@ def _run_output(ref: str, kind: MediaKind, store: RunStore | None) -> tuple[Path
         raise ValueError(
             f"run {run_id} has {len(outputs)} {kind.value} output(s): use an index from 0 to {len(outputs) - 1}"
         )
-    assert store is not None
     path = store.entity_path(run_id, outputs[index])
     if path is None:
         raise ValueError(f"the file of {ref!r} is missing from run storage")

@@ -140,6 +140,10 @@ class _FailureCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureCo
     """An output could not be downloaded or stored."""
     FAILURE_CODE_INTERNAL: _FailureCode.ValueType  # 7
     """A bug in the service; details are in its log."""
+    FAILURE_CODE_STORAGE_ERROR: _FailureCode.ValueType  # 8
+    """Run storage could not be written (a full disk, a read-only or vanished volume); the message says
+    which. The run's outputs are not kept; its record is completed once storage takes writes again.
+    """
 
 class FailureCode(_FailureCode, metaclass=_FailureCodeEnumTypeWrapper):
     """Why a run failed."""
@@ -159,6 +163,10 @@ FAILURE_CODE_OUTPUT_FAILED: FailureCode.ValueType  # 6
 """An output could not be downloaded or stored."""
 FAILURE_CODE_INTERNAL: FailureCode.ValueType  # 7
 """A bug in the service; details are in its log."""
+FAILURE_CODE_STORAGE_ERROR: FailureCode.ValueType  # 8
+"""Run storage could not be written (a full disk, a read-only or vanished volume); the message says
+which. The run's outputs are not kept; its record is completed once storage takes writes again.
+"""
 Global___FailureCode: _TypeAlias = FailureCode  # noqa: Y015
 
 @_typing.final

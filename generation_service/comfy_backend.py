@@ -21,12 +21,12 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from generation_service.backend import QUEUE_SNAPSHOT_S, SOCKET_LOST, QueueState, Subscription
 from generation_service.comfy_replies import FileRef, HistoryEntry, loads, parse_history_entry, rejection_error
 from generation_service.errors import BackendProtocolError, BackendUnavailable, GenerationError
 
@@ -34,36 +34,14 @@ logger = logging.getLogger(__name__)
 
 DOWNLOAD_CHUNK = 1 << 20
 _RETRY_BASE_S = 0.2
-QUEUE_SNAPSHOT_S = 0.5
 _RECONNECT_MIN_S = 0.1
 _RECONNECT_MAX_S = 5.0
-
-
-@dataclass(frozen=True)
-class QueueState:
-    running: bool
-    ahead: int  # prompts that run before this one (running ones included)
-
-
-class SocketLost:
-    """Put in a subscription's queue when the websocket it depended on went away."""
-
-
-SOCKET_LOST = SocketLost()
-
-
-@dataclass
-class Subscription:
-    """The websocket frames of one prompt, in arrival order."""
-
-    prompt_id: str
-    client_id: str = ""
-    blind: bool = False  # events may have been missed: rely on /history
-    frames: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)  # frames, SOCKET_LOST, or control items
+_STABLE_CONNECTION_S = 10.0
 
 
 class ComfyBackend:
-    """HTTP + websocket client of one ComfyUI; safe to share between all runs of the process."""
+    """HTTP + websocket client of one ComfyUI (the ``Backend`` protocol); safe to share between all runs
+    of the process."""
 
     def __init__(
         self, base_url: str, *, backend_id: str = "", request_timeout_s: float = 30.0, retries: int = 3
@@ -129,6 +107,7 @@ class ComfyBackend:
         delay = _RECONNECT_MIN_S
         while True:
             client_id = str(uuid.uuid4())
+            opened_at = None
             try:
                 async with self._http.ws_connect(
                     self._url("ws", {"clientId": client_id}), heartbeat=30.0, max_msg_size=0
@@ -139,7 +118,7 @@ class ComfyBackend:
                     self.connections += 1
                     if self.connections > 1:
                         self.on_reconnect()
-                    delay = _RECONNECT_MIN_S
+                    opened_at = time.monotonic()
                     logger.info("backend websocket connected to %s (clientId %s)", self.public_url, client_id)
                     await self._read_frames(ws)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -154,6 +133,10 @@ class ComfyBackend:
                     if not sub.blind:
                         sub.blind = True
                         sub.frames.put_nowait(SOCKET_LOST)
+            # Back to quick retries only after a connection that held: one that a proxy accepts and drops
+            # at once must not turn the backoff into a tight reconnect loop.
+            if opened_at is not None and time.monotonic() - opened_at >= _STABLE_CONNECTION_S:
+                delay = _RECONNECT_MIN_S
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RECONNECT_MAX_S)
 
@@ -317,14 +300,12 @@ class ComfyBackend:
         states.update({item[1]: QueueState(running=False, ahead=len(running) + i) for i, item in enumerate(pending)})
         return states
 
-    async def cancel(self, prompt_id: str) -> None:
-        """Remove the prompt from the queue if pending, and interrupt it if running.
-
-        The interrupt always names the prompt: a bare one stops whatever runs, and SwarmUI's proxy
-        fails on it.
-        """
+    async def delete(self, prompt_id: str) -> None:
         async with self._request("POST", "queue", json={"delete": [prompt_id]}):
             pass
+
+    async def interrupt(self, prompt_id: str) -> None:
+        # Always naming the prompt: a bare interrupt stops whatever runs, and SwarmUI's proxy fails on it.
         async with self._request("POST", "interrupt", json={"prompt_id": prompt_id}):
             pass
 
