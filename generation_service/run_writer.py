@@ -202,6 +202,7 @@ class RunWriter:
     def _failed(self, exc: OSError, what: str) -> None:
         first = not self.failure
         self.failure = self.storage.failed(exc, what)
+        self.close()  # settle() appends the backlog through a fresh journal writer
         if first:
             self.on_failure(self.failure)
 
