@@ -16,7 +16,7 @@ from .executor import Executor
 from .faults import Faults
 from .messaging import Messenger
 from .middleware import Handler
-from .nodes import NODE_CLASSES
+from .nodes import NodeDef, node_classes
 from .paths import Folders, content_type_for, upload_target
 from .prompt_queue import PromptQueue
 from .settings import SimulatorSettings
@@ -36,22 +36,25 @@ def _ram() -> tuple[int, int]:
 
 
 class ComfyApi:
-    def __init__(
-        self,
-        settings: SimulatorSettings,
-        faults: Faults,
-        folders: Folders,
-        messenger: Messenger,
-        queue: PromptQueue,
-        executor: Executor,
-    ) -> None:
+    """The routes of one ComfyUI. Its process state (websockets, queue and history, executor) is
+    ``attach``ed on every (re)start, so the routes, registered once, always reach the current process."""
+
+    messenger: Messenger
+    queue: PromptQueue
+    executor: Executor
+
+    def __init__(self, settings: SimulatorSettings, faults: Faults, folders: Folders) -> None:
         self.settings = settings
         self.faults = faults
         self.folders = folders
-        self.messenger = messenger
-        self.queue = queue
-        self.executor = executor
         self.number = 0
+
+    def attach(self, messenger: Messenger, queue: PromptQueue, executor: Executor) -> None:
+        self.messenger, self.queue, self.executor = messenger, queue, executor
+        self.number = 0
+
+    def nodes(self) -> dict[str, NodeDef]:
+        return node_classes(self.settings.without_nodes)
 
     def features(self) -> dict[str, Any]:
         return {"supports_preview_metadata": True, "max_upload_size": self.settings.max_upload_size}
@@ -61,7 +64,7 @@ class ComfyApi:
 
     def add_routes(self, app: web.Application) -> None:
         routes: list[tuple[str, str, Handler]] = [
-            ("GET", "/ws", self.messenger.websocket_handler),
+            ("GET", "/ws", self.websocket),
             ("GET", "/prompt", self.get_prompt),
             ("POST", "/prompt", self.post_prompt),
             ("GET", "/queue", self.get_queue),
@@ -87,6 +90,9 @@ class ComfyApi:
                 else:
                     app.router.add_route(method, prefix + path, handler)
         app.router.add_get("/", self.index)
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        return await self.messenger.websocket_handler(request)
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text="<!DOCTYPE html><title>ComfyUI (simulator)</title>", content_type="text/html")
@@ -117,7 +123,7 @@ class ComfyApi:
         prompt = json_data["prompt"]
         prompt_id = str(json_data.get("prompt_id", uuid.uuid4()))
         valid, error_info, outputs, node_errors = validate_prompt(
-            prompt, json_data.get("partial_execution_targets"), self.folders
+            prompt, json_data.get("partial_execution_targets"), self.folders, self.nodes()
         )
         extra_data = dict(json_data.get("extra_data", {}))
         if "client_id" in json_data:
@@ -269,10 +275,11 @@ class ComfyApi:
         return web.json_response(self.features())
 
     async def object_info(self, request: web.Request) -> web.Response:
-        return web.json_response({name: node.object_info(self.folders) for name, node in NODE_CLASSES.items()})
+        return web.json_response({name: node.object_info(self.folders) for name, node in self.nodes().items()})
 
     async def object_info_one(self, request: web.Request) -> web.Response:
         name = request.match_info["node_class"]
-        if name not in NODE_CLASSES:
+        nodes = self.nodes()
+        if name not in nodes:
             return web.json_response({})
-        return web.json_response({name: NODE_CLASSES[name].object_info(self.folders)})
+        return web.json_response({name: nodes[name].object_info(self.folders)})

@@ -42,6 +42,10 @@ DEFAULT_MODEL_FILES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
+# SwarmUI's owner role holds every registered permission id plus the wildcard "*"; of the ids, these are the
+# ones the simulated routes check (ListBackends; the /ComfyBackendDirect/ proxy; POSTs through it).
+OWNER_PERMISSIONS = ("view_backends_list", "comfy_direct_calls", "comfy_backend_generate", "*")
+
 
 @dataclass(frozen=True)
 class SimulatorSettings:
@@ -54,7 +58,20 @@ class SimulatorSettings:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 0
+    # SwarmUI backends. By default every id in ``backend_ids`` is a "ComfyUI API By URL" backend pointing at
+    # the one simulated ComfyUI of this server. ``swarm_backends`` N > 0 instead plays a SwarmUI with N
+    # self-started ComfyUI backends (ids 0 .. N-1), each its own simulated ComfyUI: backend 0 is the one
+    # at ``comfy_url``, the others listen on ports of their own. The two settings exclude each other.
     backend_ids: tuple[int, ...] = (0,)
+    swarm_backends: int = 0
+    # SwarmUI's ``Network.RequiredAuthorization``: when set, every SwarmUI request (``/API/``,
+    # ``/ComfyBackendDirect/``) must carry exactly this ``Authorization`` header (no bypass addresses).
+    swarm_authorization: str = ""
+    # Permission flags of SwarmUI's user (what GetNewSession lists). Without accounts the local user has the
+    # owner role; fewer flags play a restricted user.
+    swarm_permissions: tuple[str, ...] = OWNER_PERMISSIONS
+    # Node classes this ComfyUI does not have (as if their custom nodes were not installed).
+    without_nodes: frozenset[str] = frozenset()
     # ImageBlur sleeps this long per megapixel (per image in the batch) on top of the real blur, so tests
     # can make a chain slow enough to interrupt in the middle without huge images.
     blur_seconds_per_megapixel: float = 0.05
@@ -66,6 +83,9 @@ class SimulatorSettings:
     argv: tuple[str, ...] = field(default=RECORDED_ARGV)
     # Simulated model nodes (KSampler) take this long per sampling step; small, so tests stay fast.
     model_step_seconds: float = 0.01
+    # Every simulated sampler (KSampler, SimulatedSampler and the other SimulatedModelNodes) runs this many
+    # times as fast as its inputs and model_step_seconds say: a faster or slower GPU.
+    sampler_speed: float = 1.0
     model_files: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_MODEL_FILES, hash=False)
     # Letters of PreviewImage's ``ComfyUI_temp_<letters>_`` prefix; None = 5 random letters per start.
     temp_letters: str | None = None
@@ -77,6 +97,10 @@ class SimulatorSettings:
     # simulated work of many prompts. Each parallel prompt gets its own executor and output cache, and
     # /interrupt and /free reach none of them.
     parallel_prompts: int = 1
+
+    def swarm_allows(self, permission: str) -> bool:
+        """SwarmUI's ``User.HasPermission``: the flag itself, or the wildcard."""
+        return permission in self.swarm_permissions or "*" in self.swarm_permissions
 
     @property
     def output_dir(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from .nodes import NODE_CLASSES, InputSpec, NodeDef
@@ -161,7 +162,7 @@ def output_order(ids: list[str]) -> list[str]:
 
 
 def _find_outputs(
-    prompt: dict[str, Any], partial_execution_list: list[str] | None
+    prompt: dict[str, Any], partial_execution_list: list[str] | None, nodes: Mapping[str, NodeDef]
 ) -> tuple[list[str], dict[str, Any] | None]:
     outputs: list[str] = []
     for x in prompt:
@@ -169,10 +170,10 @@ def _find_outputs(
             message = "Cannot execute because a node is missing the class_type property."
             return [], _error("invalid_prompt", message, f"Node ID '#{x}'")
         class_type = prompt[x]["class_type"]
-        if class_type not in NODE_CLASSES:
+        if class_type not in nodes:
             message = f"Cannot execute because node {class_type} does not exist."
             return [], _error("invalid_prompt", message, f"Node ID '#{x}'")
-        if NODE_CLASSES[class_type].output_node and (partial_execution_list is None or x in partial_execution_list):
+        if nodes[class_type].output_node and (partial_execution_list is None or x in partial_execution_list):
             outputs.append(x)
     if not outputs:
         return [], _error("prompt_no_outputs", "Prompt has no outputs", "")
@@ -201,10 +202,17 @@ def _validate_output(
 
 
 def validate_prompt(
-    prompt: dict[str, Any], partial_execution_list: list[str] | None, folders: Folders
+    prompt: dict[str, Any],
+    partial_execution_list: list[str] | None,
+    folders: Folders,
+    nodes: Mapping[str, NodeDef] = NODE_CLASSES,
 ) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
-    """(valid, error, outputs to execute, node_errors), exactly as ComfyUI's ``validate_prompt``."""
-    outputs, error = _find_outputs(prompt, partial_execution_list)
+    """(valid, error, outputs to execute, node_errors), exactly as ComfyUI's ``validate_prompt``.
+
+    ``nodes`` are the classes this ComfyUI has. Only the first pass checks against them: once it passed,
+    every class_type of the prompt is one of them, so the input checks may look classes up in the full table.
+    """
+    outputs, error = _find_outputs(prompt, partial_execution_list, nodes)
     if error is not None:
         return False, error, [], {}
     good_outputs: list[str] = []

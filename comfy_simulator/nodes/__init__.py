@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from .audio import EmptyAudio, LoadAudio, SaveAudio, SaveAudioMP3, SaveAudioOpus
 from .base import InputSpec, InterruptProcessingError, NodeContext, NodeDef, NodeOutput
 from .image import EmptyImage, ImageBatch, ImageBlur, LoadImage, PreviewImage, SaveImage
@@ -32,6 +34,13 @@ _CLASSES: tuple[type[NodeDef], ...] = (
 )
 NODE_CLASSES: dict[str, NodeDef] = {cls.name: cls() for cls in _CLASSES}
 
+
+def node_classes(without: Collection[str] = ()) -> dict[str, NodeDef]:
+    """The classes one ComfyUI offers: every known one but ``without`` (read at call time, so classes a
+    benchmark registers late are included)."""
+    return {name: node for name, node in NODE_CLASSES.items() if name not in without}
+
+
 __all__ = [
     "NODE_CLASSES",
     "InputSpec",
@@ -40,4 +49,5 @@ __all__ = [
     "NodeDef",
     "NodeOutput",
     "SimulatedModelNode",
+    "node_classes",
 ]

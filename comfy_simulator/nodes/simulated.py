@@ -20,8 +20,10 @@ from .base import InputSpec, NodeContext, NodeDef, NodeOutput
 
 
 async def run_steps(ctx: NodeContext, steps: int, seconds: float) -> None:
-    """``steps`` sampler steps spread evenly over ``seconds``: ``progress`` after each one, and an
-    ``InterruptProcessingError`` at the next step once the prompt is interrupted (comfy's progress hook)."""
+    """``steps`` sampler steps spread evenly over ``seconds`` (divided by the instance's ``sampler_speed``):
+    ``progress`` after each one, and an ``InterruptProcessingError`` at the next step once the prompt is
+    interrupted (comfy's progress hook)."""
+    seconds /= ctx.settings.sampler_speed
     started = time.monotonic()
     for step in range(1, steps + 1):
         delay = started + seconds * step / steps - time.monotonic()
