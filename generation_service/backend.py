@@ -8,11 +8,12 @@ GenerationError subclasses (BackendUnavailable, BackendProtocolError, WorkflowRe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from generation_service.comfy_replies import FileRef, HistoryEntry
+from generation_service.errors import BackendUnavailable
 
 QUEUE_SNAPSHOT_S = 0.5
 
@@ -48,8 +49,9 @@ class Backend(Protocol):
         """The base URL without credentials, for records and events."""
         ...
 
-    def subscribe(self, prompt_id: str) -> Subscription:
-        """Route the prompt's websocket frames to the returned subscription (before submitting it)."""
+    def subscribe(self, prompt_id: str, frames: asyncio.Queue[Any] | None = None) -> Subscription:
+        """Route the prompt's websocket frames to the returned subscription (before submitting it), into
+        ``frames`` when given (a run that moves between backends keeps its inbox)."""
         ...
 
     def unsubscribe(self, sub: Subscription) -> None: ...
@@ -93,7 +95,79 @@ class Backend(Protocol):
         ...
 
 
+class PoolClient(Backend, Protocol):
+    """What the pool needs of a backend besides what runs use: its lifecycle, its whole queue, its nodes."""
+
+    on_reconnect: Callable[[], None]
+
+    @property
+    def connected(self) -> bool:
+        """Whether its websocket is open right now."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def queue_snapshot(self, max_age_s: float = QUEUE_SNAPSHOT_S) -> dict[str, QueueState]:
+        """Every prompt it runs or holds, by prompt id."""
+        ...
+
+    async def node_classes(self) -> frozenset[str]:
+        """The node classes it offers."""
+        ...
+
+
 async def cancel_prompt(backend: Backend, prompt_id: str) -> None:
     """Stop a prompt wherever it is: out of the queue if pending, interrupted if running."""
     await backend.delete(prompt_id)
     await backend.interrupt(prompt_id)
+
+
+class DetachedBackend:
+    """Stands in for a backend that left the pool while runs still named it: every request fails, so
+    the run moves (or fails) through the usual backend-lost path."""
+
+    def __init__(self, name: str) -> None:
+        self.public_url = name
+
+    def _gone(self) -> BackendUnavailable:
+        return BackendUnavailable(f"backend {self.public_url} is no longer part of the pool")
+
+    def subscribe(self, prompt_id: str, frames: asyncio.Queue[Any] | None = None) -> Subscription:
+        return (
+            Subscription(prompt_id, blind=True)
+            if frames is None
+            else Subscription(prompt_id, blind=True, frames=frames)
+        )
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        pass
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        return False
+
+    async def submit(self, sub: Subscription, graph: dict[str, Any]) -> dict[str, Any]:
+        raise self._gone()
+
+    async def queue_state(self, prompt_id: str, max_age_s: float = QUEUE_SNAPSHOT_S) -> QueueState | None:
+        raise self._gone()
+
+    async def history(self, prompt_id: str) -> HistoryEntry | None:
+        raise self._gone()
+
+    async def download(self, ref: FileRef) -> AsyncIterator[bytes]:
+        raise self._gone()
+        yield b""  # an async generator, like the real one
+
+    async def delete(self, prompt_id: str) -> None:
+        raise self._gone()
+
+    async def interrupt(self, prompt_id: str) -> None:
+        raise self._gone()
+
+    async def upload(self, data: bytes, filename: str, subfolder: str = "") -> str:
+        raise self._gone()
+
+    async def probe(self) -> bool:
+        return False

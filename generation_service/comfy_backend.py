@@ -64,6 +64,7 @@ class ComfyBackend:
         self.connections = 0  # websocket connections opened so far (reconnects = connections - 1)
         self.on_reconnect: Callable[[], None] = lambda: None
         self._socket_failing = False  # the last connection attempt failed: do not wait for the socket
+        self.probe_error = ""
 
     @property
     def public_url(self) -> str:
@@ -154,8 +155,8 @@ class ComfyBackend:
             if sub is not None:
                 sub.frames.put_nowait(frame)
 
-    def subscribe(self, prompt_id: str) -> Subscription:
-        sub = Subscription(prompt_id)
+    def subscribe(self, prompt_id: str, frames: asyncio.Queue[Any] | None = None) -> Subscription:
+        sub = Subscription(prompt_id) if frames is None else Subscription(prompt_id, frames=frames)
         self._subscriptions[prompt_id] = sub
         return sub
 
@@ -277,6 +278,17 @@ class ComfyBackend:
         """
         return (await self._queue_snapshot(max_age_s)).get(prompt_id)
 
+    async def queue_snapshot(self, max_age_s: float = QUEUE_SNAPSHOT_S) -> dict[str, QueueState]:
+        """Every prompt the backend runs or holds, by prompt id (shared with ``queue_state``)."""
+        return await self._queue_snapshot(max_age_s)
+
+    async def node_classes(self) -> frozenset[str]:
+        """The node classes the backend offers (the keys of ``/object_info``)."""
+        data = await self._json("GET", "object_info")
+        if not isinstance(data, dict):
+            raise BackendProtocolError("GET /object_info answered something other than an object")
+        return frozenset(str(name) for name in data)
+
     async def _queue_snapshot(self, max_age_s: float) -> dict[str, QueueState]:
         if max_age_s <= 0:
             return await self._fetch_queue()  # must reflect everything done before this call
@@ -310,12 +322,18 @@ class ComfyBackend:
             pass
 
     async def probe(self) -> bool:
-        """Whether the backend answers right now (one quick request, no retries)."""
+        """Whether the backend answers right now (one quick request, no retries); ``probe_error`` says
+        why not."""
         try:
             async with self._http.get(self._url("system_stats"), timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+                if resp.status == 200:
+                    self.probe_error = ""
+                    return True
+                text = (await resp.text(errors="replace")).strip()[:200]
+                self.probe_error = f"GET /system_stats answered {resp.status}: {text}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.probe_error = f"unreachable: {exc!r}"[:300]
+        return False
 
     async def upload(self, data: bytes, filename: str, subfolder: str = "") -> str:
         """Upload an input file (any media: ComfyUI's /upload/image takes audio and video too) and return

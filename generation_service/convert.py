@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from comfy_generation.runstore import MediaKind, RunStatus
 from comfy_generation.runstore import events as ev
 from generation_service.errors import InvalidRequest
+from generation_service.pool import Member
 from generation_service.run_summary import RunSummary
 from generation_service.runner import RunSpec
 from generation_service.templating import ParamValue, Scalar, Template
@@ -82,7 +83,7 @@ _CONVERTERS: dict[type, tuple[str, Callable[[Any], Message]]] = {
             seeds=dict(b.seeds),
         ),
     ),
-    ev.Queued: ("queued", lambda b: pb.Queued(position=b.position)),
+    ev.Queued: ("queued", lambda b: pb.Queued(position=b.position, backend=b.backend)),
     ev.Started: ("started", lambda b: pb.Started(queue_wait=_duration(b.queue_wait_s))),
     ev.NodeStarted: (
         "node_started",
@@ -207,5 +208,23 @@ def spec_from_proto(request: pb.GenerateRequest) -> RunSpec:
         request_id=request.request_id,
         template=request.template,
         params={name: param_from_proto(value) for name, value in request.params.items()},
+        retry_on_backend_loss=request.retry_on_backend_loss,
+        backend_labels=tuple(request.backend_labels),
         **timeouts,
+    )
+
+
+def backend_to_proto(member: Member) -> pb.Backend:
+    config = member.config
+    return pb.Backend(
+        name=member.name,
+        url=member.client.public_url,
+        up=bool(member.up),
+        queue_length=member.queue_length,
+        runs_in_flight=len(member.runs),
+        node_class_count=len(member.node_classes or ()),
+        last_error=member.last_error,
+        weight=config.weight,
+        labels=sorted(config.labels),
+        swarm_backend_id=config.swarm_backend_id,
     )

@@ -9,7 +9,9 @@ GenerationError
 ├── TemplateNotFound         no template has this name                      → NOT_FOUND
 ├── RequestConflict          a request_id reused for another request        → FAILED_PRECONDITION
 ├── RunDamaged               the run's folder in run storage is damaged     → DATA_LOSS
+├── NoCapableBackend         no backend has the workflow's nodes and labels → FAILED_PRECONDITION
 ├── TooManyRuns              the in-flight bound is reached                 → RESOURCE_EXHAUSTED (+ RetryInfo)
+│   └── PoolFull             every capable backend holds its most queued    → RESOURCE_EXHAUSTED (+ RetryInfo)
 ├── StorageUnavailable       run storage cannot be written (full disk)      → UNAVAILABLE
 ├── BackendUnavailable       the backend cannot be reached / answers 5xx    → UNAVAILABLE
 └── BackendProtocolError     the backend answered something we cannot read  → UNAVAILABLE
@@ -48,6 +50,10 @@ class RunDamaged(GenerationError):
     """The run's folder in run storage cannot be read (a damaged or hand-edited record or journal)."""
 
 
+class NoCapableBackend(GenerationError):
+    """No backend of the pool offers every node class (or label) the run needs."""
+
+
 class StorageUnavailable(GenerationError):
     """Run storage cannot take writes right now (full, read-only or gone)."""
 
@@ -76,3 +82,7 @@ class BackendUnavailable(GenerationError):
 
 class BackendProtocolError(GenerationError):
     """The backend answered with something that does not follow the ComfyUI protocol."""
+
+
+class PoolFull(TooManyRuns):
+    """Every backend that could take the run already holds as many queued runs as it may."""

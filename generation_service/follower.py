@@ -12,6 +12,7 @@ import contextlib
 import logging
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +28,12 @@ from comfy_generation.runstore import (
 )
 from comfy_generation.runstore import events as ev
 from generation_service import outputs, workflow
-from generation_service.backend import SOCKET_LOST, Backend, QueueState, Subscription, cancel_prompt
+from generation_service.backend import SOCKET_LOST, Backend, DetachedBackend, QueueState, Subscription, cancel_prompt
 from generation_service.comfy_replies import HistoryEntry
 from generation_service.errors import BackendUnavailable, GenerationError
 from generation_service.metrics import Metrics
-from generation_service.run_handle import CancelRequest, RunHandle, StorageFailure
+from generation_service.pool import BackendPool, Member
+from generation_service.run_handle import BackendLost, CancelRequest, RunHandle, StorageFailure
 from generation_service.run_summary import stored_outputs
 from generation_service.run_writer import RunWriter
 
@@ -43,6 +45,7 @@ DOWNLOADS_AT_ONCE = 8
 _SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]([^\s'\"/\\]+)")
 
 Outcome = ev.Completed | ev.Failed | ev.Cancelled
+SOCKET_WAIT_S = 5.0  # how long a submission waits for the backend websocket before relying on polling
 
 
 @dataclass(frozen=True)
@@ -70,21 +73,26 @@ class FollowPolicy:
 class Follower:
     def __init__(
         self,
-        backend: Backend,
+        pool: BackendPool,
+        member: Member | None,
         policy: FollowPolicy,
         handle: RunHandle,
         writer: RunWriter,
         sub: Subscription,
-        nodes: dict[str, workflow.NodeInfo],
+        graph: dict[str, Any],
         metrics: Metrics,
     ) -> None:
-        self.backend = backend
+        """``member`` None: the run's backend is no longer part of the pool (it is moved or failed)."""
+        self.pool = pool
+        self.member = member
+        self.backend: Backend = member.client if member is not None else DetachedBackend(writer.record.backend)
+        self.graph = graph
         self.metrics = metrics
         self.policy = policy
         self.handle = handle
         self.writer = writer
         self.sub = sub
-        self.nodes = nodes
+        self.nodes = workflow.node_infos(graph)
         self.options = writer.record.options
         past = handle.history
         self.accepted_at = past[0].time.timestamp() if past else time.time()
@@ -110,13 +118,17 @@ class Follower:
             outcome = ev.Failed(ev.FailureCode.INTERNAL, f"internal error: {type(exc).__name__}")
         finally:
             self.backend.unsubscribe(self.sub)
+            if self.member is not None:
+                self.member.release(self.sub.prompt_id)
         await self._finish(outcome)
         await self.writer.settle()
 
     # -- the main loop ----------------------------------------------------------------------------
 
     async def _follow(self) -> Outcome:
-        if not self.sub.blind and self.started_at is None:
+        if self.member is None:
+            self.handle.inbox.put_nowait(BackendLost(self.writer.record.backend))
+        elif not self.sub.blind and self.started_at is None:
             with contextlib.suppress(GenerationError):  # informative only: the run goes on without it
                 await self._report_position(await self.backend.queue_state(self.sub.prompt_id))
         while True:
@@ -127,17 +139,26 @@ class Follower:
             if item is None:
                 if time.time() >= self.next_look and (outcome := await self._look()) is not None:
                     return outcome
-            elif isinstance(item, CancelRequest):
-                return await self._stop(ev.Cancelled(item.reason))
-            elif isinstance(item, StorageFailure):
-                return await self._stop(ev.Failed(ev.FailureCode.STORAGE_ERROR, item.message))
-            elif item is SOCKET_LOST:
-                logger.warning(
-                    "run %s: backend socket lost; following /queue and /history", self.handle.run_id, extra=self.log
-                )
-                self.next_look = time.time()
-            elif await self._on_frame(item):
-                return await self._conclude(await self._final_history())
+            elif (outcome := await self._on_item(item)) is not None:
+                return outcome
+
+    async def _on_item(self, item: object) -> Outcome | None:
+        """One item of the run's inbox: a control request, a socket loss, or a websocket frame."""
+        if isinstance(item, CancelRequest):
+            return await self._stop(ev.Cancelled(item.reason))
+        if isinstance(item, StorageFailure):
+            return await self._stop(ev.Failed(ev.FailureCode.STORAGE_ERROR, item.message))
+        if isinstance(item, BackendLost):
+            return await self._backend_lost(item.backend)
+        if item is SOCKET_LOST:
+            logger.warning(
+                "run %s: backend socket lost; following /queue and /history", self.handle.run_id, extra=self.log
+            )
+            self.next_look = time.time()
+            return None
+        if isinstance(item, dict) and await self._on_frame(item):
+            return await self._conclude(await self._final_history())
+        return None
 
     async def _next(self, timeout: float) -> Any:
         try:
@@ -220,6 +241,8 @@ class Follower:
 
     async def _mark_started(self) -> None:
         self.started_at = time.time()
+        if self.member is not None:
+            self.member.started(self.sub.prompt_id)
         self.metrics.queue_wait.observe(self.started_at - self.accepted_at)
         self.handle.publish(ev.Started(self.started_at - self.accepted_at))
         await self.writer.update(status=RunStatus.RUNNING, current_state=CurrentState("running"))
@@ -249,6 +272,74 @@ class Follower:
         elif kind == "execution_interrupted":
             self.interrupted = data
         return False
+
+    # -- failover ---------------------------------------------------------------------------------
+
+    async def _backend_lost(self, name: str) -> Outcome | None:
+        """The run's backend stopped answering: a queued run moves to another backend; an executing one
+        fails, or starts over elsewhere once when the request allowed it. None: the run goes on."""
+        record = self.writer.record
+        lost = ev.Failed(ev.FailureCode.BACKEND_LOST, f"backend {name} stopped answering while the run executed")
+        if self.started_at is not None and (record.retried or not self.options.retry_on_backend_loss):
+            return lost
+        if record.uploaded_inputs:
+            return ev.Failed(
+                ev.FailureCode.BACKEND_LOST,
+                f"backend {name} stopped answering, and the run's input media were uploaded there: submit it again",
+            )
+        if self.member is not None:
+            self.pool.metrics.failovers.labels(backend=self.member.name).inc()
+            self.member.release(self.sub.prompt_id)
+            if self.started_at is None:
+                self.member.deletes.add(self.sub.prompt_id)  # taken back: removed once the backend answers
+        try:
+            target = self.pool.choose(frozenset(n.class_type for n in self.nodes.values()), self._labels, name)
+        except GenerationError as exc:
+            return ev.Failed(ev.FailureCode.BACKEND_LOST, f"backend {name} stopped answering; {exc}")
+        return await self._move(target, retry=self.started_at is not None)
+
+    @property
+    def _labels(self) -> frozenset[str]:
+        return frozenset(self.options.backend_labels)
+
+    async def _move(self, target: Member, retry: bool) -> Outcome | None:
+        """Submit the run's workflow to ``target`` under a new prompt id; same run, same seq numbering."""
+        self.backend.unsubscribe(self.sub)
+        prompt_id = str(uuid.uuid4())
+        self.member, self.backend = target, target.client
+        self.sub = target.client.subscribe(prompt_id, frames=self.handle.inbox)
+        self.pool.dispatched(target, prompt_id, self._on_lost)
+        try:
+            await target.client.wait_connected(SOCKET_WAIT_S)
+            await target.client.submit(self.sub, self.graph)
+            state = await target.client.queue_state(prompt_id)
+        except GenerationError as exc:
+            return ev.Failed(ev.FailureCode.BACKEND_LOST, f"moving the run to backend {target.name} failed: {exc}")
+        logger.warning(
+            "run %s moved to backend %s as prompt %s%s",
+            self.handle.run_id,
+            target.name,
+            prompt_id,
+            " (starting over)" if retry else "",
+            extra=self.log,
+        )
+        self.started_at, self.error, self.interrupted, self.absent_since = None, None, None, None
+        self.next_look = time.time() if self.sub.blind else time.time() + self.policy.keepalive_s
+        self.log = {**self.log, "prompt_id": prompt_id}
+        position = state.ahead if state is not None else 0
+        self.handle.publish(ev.Queued(position, backend=target.name))
+        await self.writer.update(
+            prompt_id=prompt_id,
+            backend=target.name,
+            retried=self.writer.record.retried or retry,
+            status=RunStatus.QUEUED,
+            current_state=CurrentState("queued", position=position),
+            durable=True,
+        )
+        return None
+
+    def _on_lost(self, member: Member) -> None:
+        self.handle.inbox.put_nowait(BackendLost(member.name))
 
     # -- endings ----------------------------------------------------------------------------------
 

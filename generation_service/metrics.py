@@ -51,7 +51,22 @@ class Metrics:
             registry=self.registry,
         )
         self.backend_up = Gauge(
-            "generation_backend_up", "1 while the backend answers its health probe", registry=self.registry
+            "generation_backend_up", "1 while the backend answers its probe", ["backend"], registry=self.registry
+        )
+        self.backend_queue = Gauge(
+            "generation_backend_queue_length",
+            "Prompts running or pending on the backend, as last seen",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.dispatched = Counter(
+            "generation_backend_dispatched_runs_total", "Runs sent to the backend", ["backend"], registry=self.registry
+        )
+        self.failovers = Counter(
+            "generation_backend_failovers_total",
+            "Runs taken off the backend after it stopped answering (moved, retried or failed)",
+            ["backend"],
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -19,6 +19,13 @@ class CancelRequest:
         self.reason = reason
 
 
+class BackendLost:
+    """Put in a run's inbox when the backend it runs on stopped answering (or left the pool)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+
 class StorageFailure:
     """Put in a run's inbox when its writer could not write: the run fails with a storage error."""
 

@@ -51,6 +51,7 @@ class NewRun:
     template: str = ""
     params: dict[str, JsonValue] = dataclasses.field(default_factory=dict)
     seeds: dict[str, int] = dataclasses.field(default_factory=dict)
+    uploaded_inputs: bool = False
 
 
 class RunWriter:
@@ -103,6 +104,7 @@ class RunWriter:
             seeds=new.seeds,
             request_id=new.request_id,
             request_fingerprint=new.fingerprint,
+            uploaded_inputs=new.uploaded_inputs,
         )
         try:
             # Not fsynced: a killed process loses nothing; only a machine crash could lose runs in flight.

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from comfy_generation.runstore import (
 from comfy_generation.runstore import events as ev
 from comfy_generation.runstore.schema import JsonValue
 from generation_service import run_index, workflow
-from generation_service.backend import Backend, Subscription, cancel_prompt
+from generation_service.backend import DetachedBackend, Subscription, cancel_prompt
 from generation_service.comfy_replies import node_problems
 from generation_service.errors import (
     BackendUnavailable,
@@ -45,18 +45,19 @@ from generation_service.errors import (
     TooManyRuns,
     WorkflowRejected,
 )
-from generation_service.follower import Follower, FollowPolicy
+from generation_service.follower import SOCKET_WAIT_S, Follower, FollowPolicy
 from generation_service.metrics import Metrics
-from generation_service.run_handle import RunHandle, StorageFailure
+from generation_service.pool import BackendPool, Member
+from generation_service.run_handle import BackendLost, RunHandle, StorageFailure
 from generation_service.run_index import RunIndex
 from generation_service.run_summary import RunSummary, summarize
 from generation_service.run_writer import NewRun, RunWriter
 from generation_service.storage_health import StorageHealth
 from generation_service.templating import DEFAULT_MAX_MEDIA_BYTES, ParamValue, TemplateCatalog, bind_uploads
+from generation_service.templating.media import PendingUpload
 
 logger = logging.getLogger(__name__)
 
-SOCKET_WAIT_S = 5.0  # how long a submission waits for the backend websocket before relying on polling
 SUBMISSIONS_AT_ONCE = 16  # runs being recorded and submitted at once; more wait in line
 MAX_REQUEST_ID = 128
 
@@ -73,6 +74,8 @@ class RunSpec:
     execution_timeout_s: float | None = None
     template: str = ""
     params: dict[str, ParamValue] = field(default_factory=dict)
+    retry_on_backend_loss: bool = False
+    backend_labels: tuple[str, ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -92,6 +95,7 @@ class _Prepared:
     template: str = ""
     params: dict[str, JsonValue] = field(default_factory=dict)
     seeds: dict[str, int] = field(default_factory=dict)
+    uploads: tuple[PendingUpload, ...] = ()
 
 
 class Runner:
@@ -100,7 +104,7 @@ class Runner:
     def __init__(
         self,
         store: RunStore,
-        backend: Backend,
+        pool: BackendPool,
         policy: FollowPolicy,
         *,
         storage: StorageHealth | None = None,
@@ -114,7 +118,7 @@ class Runner:
         self.max_media_bytes = max_media_bytes
         self.store = store
         self.storage = storage or StorageHealth(store.root)
-        self.backend = backend
+        self.pool = pool
         self.policy = policy
         self.defaults = defaults or RunOptions()
         self.metrics = metrics or Metrics()
@@ -159,6 +163,8 @@ class Runner:
             include_previews=spec.include_previews,
             queue_timeout_s=spec.queue_timeout_s or self.defaults.queue_timeout_s,
             execution_timeout_s=spec.execution_timeout_s or self.defaults.execution_timeout_s,
+            retry_on_backend_loss=spec.retry_on_backend_loss,
+            backend_labels=spec.backend_labels,
         )
         run_id = new_run_id()
         self._submitting += 1
@@ -173,11 +179,18 @@ class Runner:
     async def _admit(self, spec: RunSpec, run_id: str, options: RunOptions) -> RunHandle:
         """Record and submit one run (``_start_new`` bounds how many do this at once)."""
         prepared = await self._prepare(spec, run_id)
-        graph = prepared.graph
+        classes = frozenset(str(node["class_type"]) for node in prepared.graph.values())
+        member = self.pool.choose(classes, frozenset(spec.backend_labels))
+        names = [
+            await member.client.upload(await asyncio.to_thread(u.read_bytes), u.filename, u.subfolder)
+            for u in prepared.uploads
+        ]
+        graph = bind_uploads(prepared.graph, prepared.uploads, names) if prepared.uploads else prepared.graph
         submitted = workflow.with_run_prefixes(graph, run_id)
         new = NewRun(
             prompt_id=str(uuid.uuid4()),
-            backend=self.backend.public_url,
+            backend=member.name,
+            uploaded_inputs=bool(prepared.uploads),
             workflow_name=spec.workflow_name,
             options=options,
             request_id=spec.request_id,
@@ -192,7 +205,7 @@ class Runner:
             message = self.storage.failed(exc, "creating the run's folder")
             raise StorageUnavailable(f"{message}; the run was not started") from exc
         self.index.track(writer)
-        submission = asyncio.create_task(self._submit(writer, submitted, graph, spec))
+        submission = asyncio.create_task(self._submit(writer, member, submitted, spec))
         try:
             # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
             return await asyncio.shield(submission)
@@ -217,27 +230,23 @@ class Runner:
             store=self.store,
             max_media_bytes=self.max_media_bytes,
         )
-        names = [
-            await self.backend.upload(await asyncio.to_thread(u.read_bytes), u.filename, u.subfolder)
-            for u in applied.uploads
-        ]
-        graph = bind_uploads(applied.workflow, applied.uploads, names)
-        return _Prepared(graph, applied.template, applied.values, applied.seeds)
+        return _Prepared(applied.workflow, applied.template, applied.values, applied.seeds, tuple(applied.uploads))
 
-    async def _submit(
-        self, writer: RunWriter, submitted: dict[str, Any], graph: dict[str, Any], spec: RunSpec
-    ) -> RunHandle:
+    async def _submit(self, writer: RunWriter, member: Member, submitted: dict[str, Any], spec: RunSpec) -> RunHandle:
         record = writer.record
-        sub = self.backend.subscribe(record.prompt_id)
+        backend = member.client
+        sub = backend.subscribe(record.prompt_id)
+        self.pool.dispatched(member, record.prompt_id, _tell_lost(sub))
         try:
-            await self.backend.wait_connected(SOCKET_WAIT_S)
-            dropped = node_problems(await self.backend.submit(sub, submitted))
+            await backend.wait_connected(SOCKET_WAIT_S)
+            dropped = node_problems(await backend.submit(sub, submitted))
             if dropped:
                 # ComfyUI queued only the valid outputs; a partial run is not what was asked for.
-                await cancel_prompt(self.backend, record.prompt_id)
+                await cancel_prompt(backend, record.prompt_id)
                 raise WorkflowRejected("some output nodes failed validation", tuple(dropped))
         except GenerationError as exc:
-            self.backend.unsubscribe(sub)
+            backend.unsubscribe(sub)
+            member.release(record.prompt_id)
             code = (
                 ev.FailureCode.BACKEND_UNAVAILABLE
                 if isinstance(exc, BackendUnavailable)
@@ -260,8 +269,14 @@ class Runner:
         )
         if spec.request_id:
             self.index.remember_request(spec.request_id, record.run_id)
-        logger.info("run %s accepted as prompt %s", record.run_id, record.prompt_id, extra=_context(record))
-        self._follow(handle, writer, sub, graph)
+        logger.info(
+            "run %s accepted as prompt %s on backend %s",
+            record.run_id,
+            record.prompt_id,
+            member.name,
+            extra=_context(record),
+        )
+        self._follow(handle, writer, sub, submitted, member)
         return handle
 
     def _attach(self, writer: RunWriter, sub: Subscription, past: list[ev.RunEvent]) -> RunHandle:
@@ -270,8 +285,10 @@ class Runner:
         self.runs[writer.run_id] = handle
         return handle
 
-    def _follow(self, handle: RunHandle, writer: RunWriter, sub: Subscription, graph: dict[str, Any]) -> None:
-        follower = Follower(self.backend, self.policy, handle, writer, sub, workflow.node_infos(graph), self.metrics)
+    def _follow(
+        self, handle: RunHandle, writer: RunWriter, sub: Subscription, graph: dict[str, Any], member: Member | None
+    ) -> None:
+        follower = Follower(self.pool, member, self.policy, handle, writer, sub, graph, self.metrics)
         handle.task = asyncio.create_task(follower.run(), name=f"run-{writer.run_id}")
         handle.task.add_done_callback(lambda _: self.runs.pop(writer.run_id, None))
 
@@ -372,8 +389,11 @@ class Runner:
     async def _resume(self, writer: RunWriter, past: list[ev.RunEvent], graph: dict[str, Any]) -> None:
         await asyncio.to_thread(writer.resume)
         record = writer.record
-        sub = self.backend.subscribe(record.prompt_id)
+        member = self.pool.get(record.backend)  # None: the backend left the pool; the run moves or fails
+        sub = (member.client if member else DetachedBackend(record.backend)).subscribe(record.prompt_id)
         sub.blind = True  # its events went to the previous process's socket
+        if member is not None:
+            self.pool.dispatched(member, record.prompt_id, _tell_lost(sub), resumed=True)
         handle = self._attach(writer, sub, past)
         logger.info(
             "run %s resumed after a restart (prompt %s, %d events so far)",
@@ -382,7 +402,7 @@ class Runner:
             len(past),
             extra=_context(record),
         )
-        self._follow(handle, writer, sub, graph)
+        self._follow(handle, writer, sub, graph, member)
 
     async def close(self) -> None:
         """Stop following (runs stay unfinished in storage and are resumed by the next start)."""
@@ -398,6 +418,11 @@ class Runner:
 def _context(record: RunRecord) -> dict[str, str]:
     """The fields every lifecycle log line carries (see comfy_generation.logformat)."""
     return {"run_id": record.run_id, "prompt_id": record.prompt_id, "template": record.template}
+
+
+def _tell_lost(sub: Subscription) -> Callable[[Member], None]:
+    """How the pool tells a run that its backend was lost: through the run's inbox."""
+    return lambda member: sub.frames.put_nowait(BackendLost(member.name))
 
 
 def _cancel_if_accepted(submission: asyncio.Task[RunHandle]) -> None:

@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection
 
 from comfy_generation.runstore import RunOptions, RunStore
 from generation_service.auth import BearerTokenInterceptor
-from generation_service.comfy_backend import ComfyBackend
 from generation_service.follower import FollowPolicy
-from generation_service.health import ServiceHealth, watching_backend
+from generation_service.health import ServiceHealth, watching_health
 from generation_service.metrics import Metrics, serving_metrics
+from generation_service.pool import BackendConfig, BackendPool, configs_from_file, configs_from_urls
 from generation_service.runner import Runner
 from generation_service.servicer import GenerationServicer
 from generation_service.settings import Settings
@@ -92,13 +92,14 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     check_runs_dir(settings)
     templates = load_templates(settings)
     metrics = Metrics()
-    backend = ComfyBackend(
-        settings.backend_url,
-        backend_id=settings.swarm_backend_id,
+    pool = BackendPool(
+        backend_configs(settings),
+        metrics,
         request_timeout_s=settings.request_timeout_seconds,
         retries=settings.backend_retries,
+        probe_s=settings.health_check_seconds,
+        down_after_s=settings.backend_down_seconds,
     )
-    backend.on_reconnect = metrics.reconnects.inc
     policy = FollowPolicy(
         media_base_url=settings.media_base_url,
         poll_s=settings.history_poll_seconds,
@@ -114,7 +115,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     storage = StorageHealth(settings.runs_dir)
     runner = Runner(
         RunStore(settings.runs_dir),
-        backend,
+        pool,
         policy,
         storage=storage,
         defaults=defaults,
@@ -124,8 +125,8 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         max_media_bytes=settings.max_input_media_bytes,
     )
     async with contextlib.AsyncExitStack() as stack:
-        await backend.start()
-        stack.push_async_callback(backend.close)
+        await pool.start()
+        stack.push_async_callback(pool.close)
         await stack.enter_async_context(storage.probing())
         resumed = await runner.recover()
         stack.push_async_callback(runner.close)
@@ -135,16 +136,24 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         if settings.metrics_listen:
             metrics_port = await stack.enter_async_context(serving_metrics(metrics, settings.metrics_listen))
         server, port, health_servicer = await create_server(settings, runner, metrics)
-        service_health = ServiceHealth(health_servicer, ("", SERVICE_NAME), storage)
-        await stack.enter_async_context(
-            watching_backend(service_health, backend, metrics, settings.health_check_seconds)
-        )
+        service_health = ServiceHealth(health_servicer, ("", SERVICE_NAME), pool, storage)
+        await stack.enter_async_context(watching_health(service_health))
         await server.start()
         try:
             yield RunningService(port, runner, server, metrics, metrics_port)
         finally:
             await health_servicer.enter_graceful_shutdown()  # probes see NOT_SERVING while calls drain
             await server.stop(settings.shutdown_grace_seconds)
+
+
+def backend_configs(settings: Settings) -> list[BackendConfig]:
+    """The pool's backends: from the backends file when one is set, else from backend_url."""
+    try:
+        if settings.backends_file:
+            return configs_from_file(Path(settings.backends_file))
+        return configs_from_urls(settings.backend_url, settings.swarm_backend_id)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from exc
 
 
 def load_templates(settings: Settings) -> TemplateCatalog | None:
@@ -180,11 +189,11 @@ async def serve(settings: Settings) -> None:
     async with running_service(settings) as service:
         host = settings.listen.rpartition(":")[0]
         logger.info(
-            "generation service listening on %s:%d%s, backend %s, runs in %s%s",
+            "generation service listening on %s:%d%s, backends %s, runs in %s%s",
             host,
             service.port,
             " (TLS)" if settings.tls_cert_file else "",
-            service.runner.backend.public_url,
+            ", ".join(service.runner.pool.members),
             settings.runs_dir,
             f", metrics on port {service.metrics_port}" if service.metrics_port else "",
         )

@@ -13,12 +13,20 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from generation_service.convert import run_to_proto, spec_from_proto, statuses_from_proto, template_to_proto, to_proto
+from generation_service.convert import (
+    backend_to_proto,
+    run_to_proto,
+    spec_from_proto,
+    statuses_from_proto,
+    template_to_proto,
+    to_proto,
+)
 from generation_service.errors import (
     BackendProtocolError,
     BackendUnavailable,
     GenerationError,
     InvalidRequest,
+    NoCapableBackend,
     RequestConflict,
     RunDamaged,
     RunNotFound,
@@ -43,6 +51,7 @@ STATUS_FOR_ERROR: dict[type[GenerationError], grpc.StatusCode] = {
     TemplateRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     RequestConflict: grpc.StatusCode.FAILED_PRECONDITION,
     RunDamaged: grpc.StatusCode.DATA_LOSS,
+    NoCapableBackend: grpc.StatusCode.FAILED_PRECONDITION,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
     TooManyRuns: grpc.StatusCode.RESOURCE_EXHAUSTED,
     BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
@@ -116,6 +125,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             return template_to_proto(catalog.get(request.name))
 
         return await _call(context, describe)
+
+    async def ListBackends(self, request: pb.ListBackendsRequest, context: Context) -> pb.ListBackendsResponse:
+        members = self.runner.pool.members.values()
+        return pb.ListBackendsResponse(backends=[backend_to_proto(m) for m in members])
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.Run:
         reason = request.reason or "cancelled by CancelRun"

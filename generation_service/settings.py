@@ -12,7 +12,12 @@ from urllib.parse import urlsplit
 ENV_PREFIX = "GENERATION_"
 
 HELP = {
-    "backend_url": "ComfyUI base URL: http://swarm:7801/ComfyBackendDirect (through SwarmUI) or http://comfy:8188",
+    "backend_url": "ComfyUI base URL, or a comma-separated list of them (a pool): "
+    "http://swarm:7801/ComfyBackendDirect (through SwarmUI) or http://comfy:8188",
+    "backends_file": "TOML file describing the pool's backends one by one ([[backend]] name, url, and optionally "
+    "swarm_backend_id, weight, max_queued, labels); replaces backend_url",
+    "backend_down_seconds": "how long a backend may answer neither its probe nor its websocket before its queued "
+    "runs move to another backend and its executing runs fail (or retry, when the request allows it)",
     "swarm_backend_id": "pin one SwarmUI backend: sent as X-Swarm-Backend-ID on every request, websocket included",
     "runs_dir": "run storage root, shared with the media gateway",
     "listen": "HOST:PORT the gRPC server binds (port 0: a free port)",
@@ -55,6 +60,8 @@ class Settings:
 
     backend_url: str = "http://127.0.0.1:8188"
     swarm_backend_id: str = ""
+    backends_file: str = ""
+    backend_down_seconds: float = 30.0
     runs_dir: Path = Path("exports/json")
     listen: str = "127.0.0.1:50051"
     media_base_url: str = "http://127.0.0.1:8080"
@@ -91,10 +98,17 @@ class Settings:
             raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
     def _check_addresses(self) -> None:
-        for name in ("backend_url", "media_base_url"):
-            url = urlsplit(getattr(self, name))
+        urls = [("backend_url", u.strip()) for u in self.backend_url.split(",")] + [
+            ("media_base_url", self.media_base_url)
+        ]
+        for name, value in urls:
+            url = urlsplit(value)
             if url.scheme not in ("http", "https") or not url.hostname:
-                raise ValueError(f"{name}: must be an http(s) URL, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"{name}: must be an http(s) URL (or, for backend_url, a comma-separated list), got {value!r}"
+                )
+        if self.backends_file and not Path(self.backends_file).is_file():
+            raise ValueError(f"backends_file: no such file: {self.backends_file}")
         if not _is_host_port(self.listen):
             raise ValueError(f"listen: must be HOST:PORT, got {self.listen!r}")
         if self.metrics_listen and not _is_host_port(self.metrics_listen):

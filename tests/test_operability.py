@@ -77,12 +77,14 @@ async def test_metrics_count_a_real_run(stack_factory: StackFactory) -> None:
     assert samples["generation_queue_wait_seconds_count"] == 1
     assert samples['generation_active_streams{rpc="Generate"}'] == 0
     assert samples["generation_runs_in_flight"] == 0
-    assert samples["generation_backend_up"] == 1
+    backend = f'{{backend="{stack.sim.comfy_url}"}}'
+    assert samples[f"generation_backend_up{backend}"] == 1
+    assert samples[f"generation_backend_dispatched_runs_total{backend}"] == 1
     assert samples["generation_backend_socket_reconnects_total"] == 0
     stack.sim.faults.drop_socket_after_frames = 0  # the next frame closes the socket: the service reconnects
     assert [e async for e in stack.stub.Generate(image_request())][-1].HasField("completed")
     stack.sim.faults.reset()
-    assert await stack.service.runner.backend.wait_connected(10)
+    assert await next(iter(stack.service.runner.pool.members.values())).client.wait_connected(10)
     assert (await scrape(stack))["generation_backend_socket_reconnects_total"] >= 1
 
 

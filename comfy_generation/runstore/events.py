@@ -30,6 +30,7 @@ class FailureCode(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     OUTPUT_FAILED = "output_failed"
     STORAGE_ERROR = "storage_error"
+    BACKEND_LOST = "backend_lost"
     INTERNAL = "internal"
 
 
@@ -97,6 +98,7 @@ class Accepted:
 @dataclass(frozen=True)
 class Queued:
     position: int
+    backend: str = ""  # set when the run moved to this backend (its first backend is in Accepted)
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ _READERS: dict[str, Any] = {
         f.text("template", ""),
         tuple(_seed_pair(f, i, pair) for i, pair in enumerate(f.values("seeds"))),
     ),
-    "queued": lambda f: Queued(f.integer("position")),
+    "queued": lambda f: Queued(f.integer("position"), f.text("backend", "")),
     "started": lambda f: Started(_number(f, "queue_wait_s")),
     "node_started": lambda f: NodeStarted(f.text("node_id"), f.text("class_type"), f.text("title")),
     "node_progress": lambda f: NodeProgress(f.text("node_id"), f.integer("value"), f.integer("max")),

@@ -53,11 +53,16 @@ class RunOptions:
     include_previews: bool = False
     queue_timeout_s: float = 3600.0
     execution_timeout_s: float = 3600.0
+    # Resubmit once to another backend when the backend dies mid-execution (repeats the GPU work).
+    retry_on_backend_loss: bool = False
+    backend_labels: tuple[str, ...] = ()  # a backend must carry every one of these
 
     @classmethod
     def from_fields(cls, f: Fields) -> RunOptions:
         defaults = cls()
         return cls(
+            retry_on_backend_loss=f.flag("retry_on_backend_loss", False),
+            backend_labels=f.strings("backend_labels"),
             include_previews=f.flag("include_previews", defaults.include_previews),
             queue_timeout_s=f.number("queue_timeout_s", defaults.queue_timeout_s) or defaults.queue_timeout_s,
             execution_timeout_s=f.number("execution_timeout_s", defaults.execution_timeout_s)
@@ -196,6 +201,8 @@ class RunRecord:
     # Outputs downloaded but not yet published (hidden files; never listed or served): a run publishes
     # all of its outputs at once, or none.
     staged: tuple[Entity, ...] = ()
+    uploaded_inputs: bool = False  # input media were uploaded to its backend: the run cannot move
+    retried: bool = False  # resubmitted once after its backend was lost mid-execution
     finished_at: str | None = None
     last_seq: int = 0  # the seq of the run's terminal event, once it has one
     timings: Timings | None = None
@@ -230,6 +237,10 @@ class RunRecord:
         }
         if self.staged:
             data["staged"] = [e.to_json() for e in self.staged]
+        if self.uploaded_inputs:
+            data["uploaded_inputs"] = True
+        if self.retried:
+            data["retried"] = True
         if self.finished_at is not None:
             data.update(finished_at=self.finished_at, last_seq=self.last_seq)
         if self.timings is not None:
@@ -272,6 +283,8 @@ class RunRecord:
             request_id=f.text("request_id", ""),
             request_fingerprint=f.text("request_fingerprint", ""),
             staged=staged,
+            uploaded_inputs=f.flag("uploaded_inputs", False),
+            retried=f.flag("retried", False),
             finished_at=f.text("finished_at", "") or None,
             last_seq=f.integer("last_seq", 0),
             timings=None if timings is None else Timings.from_fields(timings),

@@ -144,6 +144,10 @@ class _FailureCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureCo
     """Run storage could not be written (a full disk, a read-only or vanished volume); the message says
     which. The run's outputs are not kept; its record is completed once storage takes writes again.
     """
+    FAILURE_CODE_BACKEND_LOST: _FailureCode.ValueType  # 9
+    """The backend stopped answering while the run executed (and the request did not allow a retry, or
+    the retry's backend was lost too).
+    """
 
 class FailureCode(_FailureCode, metaclass=_FailureCodeEnumTypeWrapper):
     """Why a run failed."""
@@ -166,6 +170,10 @@ FAILURE_CODE_INTERNAL: FailureCode.ValueType  # 7
 FAILURE_CODE_STORAGE_ERROR: FailureCode.ValueType  # 8
 """Run storage could not be written (a full disk, a read-only or vanished volume); the message says
 which. The run's outputs are not kept; its record is completed once storage takes writes again.
+"""
+FAILURE_CODE_BACKEND_LOST: FailureCode.ValueType  # 9
+"""The backend stopped answering while the run executed (and the request did not allow a retry, or
+the retry's backend was lost too).
 """
 Global___FailureCode: _TypeAlias = FailureCode  # noqa: Y015
 
@@ -205,6 +213,8 @@ class GenerateRequest(_message.Message):
     ON_DISCONNECT_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     EXECUTION_TIMEOUT_FIELD_NUMBER: _builtins.int
+    RETRY_ON_BACKEND_LOSS_FIELD_NUMBER: _builtins.int
+    BACKEND_LABELS_FIELD_NUMBER: _builtins.int
     workflow_json: _builtins.str
     """A ComfyUI workflow in API format (ComfyUI's "Save (API)"), as JSON text: an object mapping each
     node id to {"class_type": str, "inputs": {...}, "_meta": {"title": str}?}. Every save node's
@@ -225,6 +235,11 @@ class GenerateRequest(_message.Message):
     """
     on_disconnect: Global___DisconnectPolicy.ValueType
     """What a cancelled Generate call does to its run. Ignored by Submit."""
+    retry_on_backend_loss: _builtins.bool
+    """When the backend dies while the run executes, resubmit it once to another capable backend instead
+    of failing it with FAILURE_CODE_BACKEND_LOST. Off by default: the generation starts over, repeating
+    its GPU work. Runs still waiting in a dead backend's queue always move.
+    """
     @_builtins.property
     def params(self) -> _containers.MessageMap[_builtins.str, Global___ParamValue]:
         """Template parameters by name (only with `template`). Every problem (unknown, missing, mistyped or
@@ -243,6 +258,10 @@ class GenerateRequest(_message.Message):
     def execution_timeout(self) -> _duration_pb2.Duration:
         """Longest time the run may execute once started; unset: the service default. Same expiry rule."""
 
+    @_builtins.property
+    def backend_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only backends that carry every one of these labels (set by the operator per backend) may run it."""
+
     def __init__(
         self,
         *,
@@ -255,10 +274,12 @@ class GenerateRequest(_message.Message):
         on_disconnect: Global___DisconnectPolicy.ValueType = ...,
         queue_timeout: _duration_pb2.Duration | None = ...,
         execution_timeout: _duration_pb2.Duration | None = ...,
+        retry_on_backend_loss: _builtins.bool = ...,
+        backend_labels: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "queue_timeout", b"queue_timeout", "source", b"source", "template", b"template", "workflow_json", b"workflow_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "include_previews", b"include_previews", "on_disconnect", b"on_disconnect", "params", b"params", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "source", b"source", "template", b"template", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_labels", b"backend_labels", "execution_timeout", b"execution_timeout", "include_previews", b"include_previews", "on_disconnect", b"on_disconnect", "params", b"params", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "retry_on_backend_loss", b"retry_on_backend_loss", "source", b"source", "template", b"template", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["workflow_json", "template"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -844,16 +865,20 @@ class Queued(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POSITION_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Number of prompts that will run before this one (0: it runs next)."""
+    backend: _builtins.str
+    """Set when the run has just moved to this backend (its first backend is named in Accepted)."""
     def __init__(
         self,
         *,
         position: _builtins.int = ...,
+        backend: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1182,3 +1207,96 @@ class Cancelled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cancelled: _TypeAlias = Cancelled  # noqa: Y015
+
+@_typing.final
+class ListBackendsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBackendsRequest: _TypeAlias = ListBackendsRequest  # noqa: Y015
+
+@_typing.final
+class ListBackendsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKENDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedCompositeFieldContainer[Global___Backend]: ...
+    def __init__(
+        self,
+        *,
+        backends: _abc.Iterable[Global___Backend] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBackendsResponse: _TypeAlias = ListBackendsResponse  # noqa: Y015
+
+@_typing.final
+class Backend(_message.Message):
+    """One backend of the pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    UP_FIELD_NUMBER: _builtins.int
+    QUEUE_LENGTH_FIELD_NUMBER: _builtins.int
+    RUNS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    NODE_CLASS_COUNT_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    SWARM_BACKEND_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The backend's name: its URL for --backend-url entries, the configured name otherwise. Runs record it."""
+    url: _builtins.str
+    """Its base URL, without credentials."""
+    up: _builtins.bool
+    """Whether it answered its last probe (or holds an open websocket)."""
+    queue_length: _builtins.int
+    """Prompts running or pending on it, as last seen."""
+    runs_in_flight: _builtins.int
+    """Runs of this service that follow a prompt on it right now."""
+    node_class_count: _builtins.int
+    """How many node classes it offers (0 while not known)."""
+    last_error: _builtins.str
+    """The last error talking to it; empty while it answers."""
+    weight: _builtins.float
+    """Its dispatch weight and labels, as configured."""
+    swarm_backend_id: _builtins.str
+    """SwarmUI's backend id when it is a SwarmUI backend pinned with X-Swarm-Backend-ID; empty otherwise."""
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        url: _builtins.str = ...,
+        up: _builtins.bool = ...,
+        queue_length: _builtins.int = ...,
+        runs_in_flight: _builtins.int = ...,
+        node_class_count: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        weight: _builtins.float = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        swarm_backend_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "last_error", b"last_error", "name", b"name", "node_class_count", b"node_class_count", "queue_length", b"queue_length", "runs_in_flight", b"runs_in_flight", "swarm_backend_id", b"swarm_backend_id", "up", b"up", "url", b"url", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Backend: _TypeAlias = Backend  # noqa: Y015

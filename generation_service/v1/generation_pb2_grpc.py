@@ -75,6 +75,11 @@ class GenerationServiceStub:
                 request_serializer=generation__service_dot_v1_dot_generation__pb2.DescribeTemplateRequest.SerializeToString,
                 response_deserializer=generation__service_dot_v1_dot_generation__pb2.Template.FromString,
                 _registered_method=True)
+        self.ListBackends = channel.unary_unary(
+                '/generation_service.v1.GenerationService/ListBackends',
+                request_serializer=generation__service_dot_v1_dot_generation__pb2.ListBackendsRequest.SerializeToString,
+                response_deserializer=generation__service_dot_v1_dot_generation__pb2.ListBackendsResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -145,6 +150,13 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBackends(self, request, context):
+        """The backends of the service's pool and what it knows of each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +199,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.DescribeTemplate,
                     request_deserializer=generation__service_dot_v1_dot_generation__pb2.DescribeTemplateRequest.FromString,
                     response_serializer=generation__service_dot_v1_dot_generation__pb2.Template.SerializeToString,
+            ),
+            'ListBackends': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBackends,
+                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.ListBackendsRequest.FromString,
+                    response_serializer=generation__service_dot_v1_dot_generation__pb2.ListBackendsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -406,6 +423,33 @@ class GenerationService:
             '/generation_service.v1.GenerationService/DescribeTemplate',
             generation__service_dot_v1_dot_generation__pb2.DescribeTemplateRequest.SerializeToString,
             generation__service_dot_v1_dot_generation__pb2.Template.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBackends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/generation_service.v1.GenerationService/ListBackends',
+            generation__service_dot_v1_dot_generation__pb2.ListBackendsRequest.SerializeToString,
+            generation__service_dot_v1_dot_generation__pb2.ListBackendsResponse.FromString,
             options,
             channel_credentials,
             insecure,

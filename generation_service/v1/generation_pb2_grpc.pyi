@@ -76,6 +76,8 @@ class GenerationServiceStub:
     """
     DescribeTemplate: _grpc.UnaryUnaryMultiCallable[_generation_pb2.DescribeTemplateRequest, _generation_pb2.Template]
     """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown."""
+    ListBackends: _grpc.UnaryUnaryMultiCallable[_generation_pb2.ListBackendsRequest, _generation_pb2.ListBackendsResponse]
+    """The backends of the service's pool and what it knows of each."""
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -111,6 +113,8 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     """
     DescribeTemplate: _aio.UnaryUnaryMultiCallable[_generation_pb2.DescribeTemplateRequest, _generation_pb2.Template]  # type: ignore[assignment]
     """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown."""
+    ListBackends: _aio.UnaryUnaryMultiCallable[_generation_pb2.ListBackendsRequest, _generation_pb2.ListBackendsResponse]  # type: ignore[assignment]
+    """The backends of the service's pool and what it knows of each."""
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs ComfyUI workflows and streams what happens to them."""
@@ -191,5 +195,13 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_generation_pb2.Template, _abc.Awaitable[_generation_pb2.Template]]:
         """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown."""
+
+    @_abc_1.abstractmethod
+    def ListBackends(
+        self,
+        request: _generation_pb2.ListBackendsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.ListBackendsResponse, _abc.Awaitable[_generation_pb2.ListBackendsResponse]]:
+        """The backends of the service's pool and what it knows of each."""
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

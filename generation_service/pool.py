@@ -1,0 +1,329 @@
+"""A pool of ComfyUI backends: one client (websocket, probe, queue snapshot, node classes) per backend,
+dispatch by capability and load, and notice of a backend that stopped answering.
+
+Dispatch picks, among the backends that are up, not full, offer every node class of the workflow and
+carry every label asked for, the least loaded: (its queue length as last seen + the runs dispatched to it
+and not yet seen in its queue or started) / its weight; ties go round robin. A backend that answers
+neither its probe nor its websocket for ``down_after_s`` is *lost*: the runs on it are told (they move,
+fail or retry, see follower.py), and it is used again once it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from generation_service.backend import PoolClient
+from generation_service.comfy_backend import ComfyBackend
+from generation_service.errors import (
+    BackendUnavailable,
+    GenerationError,
+    NoCapableBackend,
+    PoolFull,
+)
+from generation_service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One backend as the operator describes it."""
+
+    name: str
+    url: str
+    swarm_backend_id: str = ""
+    weight: float = 1.0
+    max_queued: int = 0  # runs queued there at most (0: no limit)
+    labels: frozenset[str] = frozenset()
+
+
+def configs_from_urls(urls: str, swarm_backend_id: str = "") -> list[BackendConfig]:
+    """``--backend-url``: one base URL or a comma-separated list; each backend is named by its URL."""
+    configs = []
+    for url in (u.strip() for u in urls.split(",")):
+        if url:
+            client = ComfyBackend(url)  # only to name it by its credential-free URL
+            configs.append(BackendConfig(client.public_url, url, swarm_backend_id))
+    if len({c.name for c in configs}) != len(configs):
+        raise ValueError("backend_url: the same backend is listed twice")
+    return configs
+
+
+def configs_from_file(path: Path) -> list[BackendConfig]:
+    """``--backends-file``: TOML with one ``[[backend]]`` table per backend (name, url, and optionally
+    swarm_backend_id, weight, max_queued, labels)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"backends_file: cannot read {path}: {exc}") from exc
+    entries = data.get("backend")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"backends_file: {path} has no [[backend]] table")
+    configs = []
+    for i, entry in enumerate(entries):
+        where = f"backends_file: {path} backend {i + 1}"
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not isinstance(entry.get("url"), str)
+        ):
+            raise ValueError(f"{where}: needs a name and a url")
+        unknown = set(entry) - {"name", "url", "swarm_backend_id", "weight", "max_queued", "labels"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        weight, max_queued, labels = entry.get("weight", 1.0), entry.get("max_queued", 0), entry.get("labels", [])
+        if not isinstance(weight, int | float) or weight <= 0:
+            raise ValueError(f"{where}: weight must be a number above 0")
+        if not isinstance(max_queued, int) or max_queued < 0:
+            raise ValueError(f"{where}: max_queued must be 0 (no limit) or more")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ValueError(f"{where}: labels must be a list of strings")
+        swarm_id = entry.get("swarm_backend_id", "")
+        configs.append(
+            BackendConfig(entry["name"], entry["url"], str(swarm_id), float(weight), max_queued, frozenset(labels))
+        )
+    if len({c.name for c in configs}) != len(configs):
+        raise ValueError(f"backends_file: {path}: two backends have the same name")
+    return configs
+
+
+LostCallback = Callable[["Member"], None]
+
+
+@dataclass(eq=False)
+class Member:
+    """One backend of the pool and what the pool knows of it."""
+
+    config: BackendConfig
+    client: PoolClient
+    up: bool | None = None  # None until the first probe
+    last_error: str = ""
+    queue_length: int = 0  # running + pending, as last seen
+    node_classes: frozenset[str] | None = None  # None: not known (yet)
+    unseen: dict[str, float] = field(default_factory=dict)  # prompt id -> dispatch time, not yet in a snapshot
+    runs: dict[str, LostCallback] = field(default_factory=dict)  # prompt id -> how to tell its run
+    deletes: set[str] = field(default_factory=set)  # prompts to remove from its queue once it answers
+    down_since: float | None = None
+    lost: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def load(self) -> float:
+        return (self.queue_length + len(self.unseen)) / self.config.weight
+
+    @property
+    def full(self) -> bool:
+        return bool(self.config.max_queued) and self.queue_length + len(self.unseen) >= self.config.max_queued
+
+    def offers(self, classes: Iterable[str]) -> bool:
+        return self.node_classes is None or all(c in self.node_classes for c in classes)
+
+    def started(self, prompt_id: str) -> None:
+        """The run began executing (or ended): it no longer waits in this backend's queue."""
+        self.unseen.pop(prompt_id, None)
+
+    def release(self, prompt_id: str) -> None:
+        """The run no longer follows a prompt here."""
+        self.unseen.pop(prompt_id, None)
+        self.runs.pop(prompt_id, None)
+
+
+class BackendPool:
+    """Every backend of the service; safe to share between all runs of the process."""
+
+    def __init__(
+        self,
+        configs: list[BackendConfig],
+        metrics: Metrics,
+        *,
+        request_timeout_s: float = 30.0,
+        retries: int = 3,
+        probe_s: float = 5.0,
+        down_after_s: float = 30.0,
+        clients: dict[str, PoolClient] | None = None,
+    ) -> None:
+        """``clients``: ready-made clients by backend name (tests); the others are ComfyBackends."""
+        if not configs:
+            raise ValueError("a backend pool needs at least one backend")
+        self.metrics = metrics
+        self.request_timeout_s = request_timeout_s
+        self.retries = retries
+        self.probe_s = probe_s
+        self.down_after_s = down_after_s
+        self.members: dict[str, Member] = {}
+        self._round_robin = itertools.count()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.on_health: Callable[[], None] = lambda: None
+        for config in configs:
+            self._add(config, clients.get(config.name) if clients else None)
+
+    def _add(self, config: BackendConfig, client: PoolClient | None = None) -> Member:
+        if client is None:
+            client = ComfyBackend(
+                config.url,
+                backend_id=config.swarm_backend_id,
+                request_timeout_s=self.request_timeout_s,
+                retries=self.retries,
+            )
+        member = Member(config, client)
+        client.on_reconnect = lambda: self._reconnected(member)
+        self.members[config.name] = member
+        return member
+
+    @property
+    def any_up(self) -> bool:
+        return any(m.up for m in self.members.values())
+
+    def get(self, name: str) -> Member | None:
+        return self.members.get(name)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every client and look at every backend once (so health is known before serving)."""
+        await asyncio.gather(*(self._start(m) for m in self.members.values()))
+
+    async def _start(self, member: Member) -> None:
+        await member.client.start()
+        await self._look(member)
+        self._tasks[member.name] = asyncio.create_task(self._watch(member), name=f"backend-{member.name}")
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for member in self.members.values():
+            await member.client.close()
+
+    async def add(self, config: BackendConfig) -> None:
+        """A backend that appeared (SwarmUI discovery)."""
+        if config.name not in self.members:
+            logger.info("backend %s added (%s)", config.name, config.url)
+            await self._start(self._add(config))
+
+    async def remove(self, name: str) -> None:
+        """A backend that disappeared: its runs are told at once, as for a lost backend."""
+        member = self.members.pop(name, None)
+        if member is None:
+            return
+        logger.warning("backend %s removed", name)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        member.up = False
+        self._tell_lost(member)
+        await member.client.close()
+        self.on_health()
+
+    # -- watching each backend --------------------------------------------------------------------
+
+    async def _watch(self, member: Member) -> None:
+        while True:
+            await asyncio.sleep(self.probe_s)
+            await self._look(member)
+
+    async def _look(self, member: Member) -> None:
+        up = await member.client.probe()
+        labels = {"backend": member.name}
+        self.metrics.backend_up.labels(**labels).set(1 if up else 0)
+        if up:
+            await self._refresh(member)
+        else:
+            member.last_error = getattr(member.client, "probe_error", "") or "not answering"
+        if up is not member.up:
+            logger.log(logging.INFO if up else logging.WARNING, "backend %s is %s", member.name, "up" if up else "down")
+            member.up = up
+            self.on_health()
+        now = time.monotonic()
+        if up or member.client.connected:  # lost only when it answers neither its probe nor its socket
+            member.down_since, member.lost = None, False
+            return
+        if member.down_since is None:
+            member.down_since = now
+        if not member.lost and now - member.down_since >= self.down_after_s:
+            member.lost = True
+            logger.warning("backend %s has not answered for %.0f s: moving its runs", member.name, self.down_after_s)
+            self._tell_lost(member)
+
+    async def _refresh(self, member: Member) -> None:
+        """Queue snapshot, node classes when not known, and queue deletes owed since it was lost."""
+        try:
+            taken = time.time()
+            snapshot = await member.client.queue_snapshot(max_age_s=0)
+            member.queue_length = len(snapshot)
+            member.unseen = {p: t for p, t in member.unseen.items() if p not in snapshot or t > taken}
+            if member.node_classes is None:
+                member.node_classes = await member.client.node_classes()
+            for prompt_id in list(member.deletes):
+                await member.client.delete(prompt_id)
+                member.deletes.discard(prompt_id)
+            member.last_error = ""
+        except GenerationError as exc:
+            member.last_error = str(exc)[:300]
+        self.metrics.backend_queue.labels(backend=member.name).set(member.queue_length)
+
+    def _reconnected(self, member: Member) -> None:
+        self.metrics.reconnects.inc()
+        member.node_classes = None  # a restarted backend may have other custom nodes
+
+    def _tell_lost(self, member: Member) -> None:
+        for prompt_id, tell in list(member.runs.items()):
+            with contextlib.suppress(Exception):
+                tell(member)
+            member.runs.pop(prompt_id, None)
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def choose(self, classes: frozenset[str], labels: frozenset[str] = frozenset(), exclude: str = "") -> Member:
+        """The backend a new run goes to. Raises NoCapableBackend (no backend has all the node classes
+        together, or the labels), BackendUnavailable (the capable ones are down) or PoolFull."""
+        members = [m for m in self.members.values() if m.name != exclude]
+        labelled = [m for m in members if labels <= m.config.labels]
+        if not labelled:
+            known = sorted({label for m in self.members.values() for label in m.config.labels})
+            raise NoCapableBackend(f"no backend has the labels {sorted(labels)} (labels in use: {known})")
+        capable = [m for m in labelled if m.offers(classes)]
+        if not capable:
+            offered = set().union(*(m.node_classes or set() for m in labelled))
+            if classes - offered:
+                # No backend knows these classes at all: that is the workflow's fault, and a backend's
+                # validation says so precisely (INVALID_ARGUMENT naming the node).
+                capable = labelled
+            else:
+                lacking = "; ".join(f"{m.name} lacks {sorted(classes - (m.node_classes or set()))}" for m in labelled)
+                raise NoCapableBackend(f"no backend offers every node class of this workflow together: {lacking}")
+        answering = [m for m in capable if m.up is not False]
+        if not answering:
+            errors = "; ".join(f"{m.name}: {m.last_error or 'not answering'}" for m in capable)
+            raise BackendUnavailable(f"no backend that can run this workflow is answering ({errors})")
+        room = [m for m in answering if not m.full]
+        if not room:
+            raise PoolFull(
+                f"every backend that can run this workflow holds its most queued runs ({len(answering)} backend(s))",
+                retry_after_s=max(1.0, self.probe_s),
+            )
+        lowest = min(m.load for m in room)
+        tied = [m for m in room if m.load == lowest]
+        return tied[next(self._round_robin) % len(tied)]
+
+    def dispatched(self, member: Member, prompt_id: str, on_lost: LostCallback, resumed: bool = False) -> None:
+        """A prompt was (or is about to be) submitted to ``member``; ``resumed``: followed again after a
+        restart (told when the backend is lost, not counted as dispatched)."""
+        member.runs[prompt_id] = on_lost
+        if not resumed:
+            member.unseen[prompt_id] = time.time()
+            self.metrics.dispatched.labels(backend=member.name).inc()
