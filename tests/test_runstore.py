@@ -16,6 +16,7 @@ from comfy_generation.runstore import (
     detect_format,
     format_for_extension,
     new_run_id,
+    open_run_file,
     parse_run_id,
 )
 
@@ -125,6 +126,31 @@ def test_entity_paths_never_leave_the_run_folder(tmp_path: Path) -> None:
         ".hidden",
     ]:
         assert store.entity_path(run_id, {"filename": name}) is None, name
+
+
+def test_open_run_file_follows_no_symlink(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs")
+    run_id, linked = new_run_id(), new_run_id()
+    run_dir = store.create_run(run_id)
+    (run_dir / "02_output_image.png").write_bytes(b"real")
+    (tmp_path / "outside.png").write_bytes(b"outside")
+    os.symlink(tmp_path / "outside.png", run_dir / "03_output_image.png")
+    os.mkfifo(run_dir / "04_output_image.png")  # would block a plain open for reading
+    os.symlink(run_dir, store.run_dir(linked))  # a whole run folder that is a symlink
+
+    fd, st = open_run_file(run_dir / "02_output_image.png")
+    try:
+        assert os.read(fd, 100) == b"real" and st.st_size == 4
+    finally:
+        os.close(fd)
+    for path in [
+        run_dir / "03_output_image.png",
+        run_dir / "04_output_image.png",
+        run_dir / "missing.png",
+        store.run_dir(linked) / "02_output_image.png",
+    ]:
+        with pytest.raises((FileNotFoundError, NotADirectoryError)):
+            open_run_file(path)
 
 
 def test_metadata_round_trip_and_unknown_runs(tmp_path: Path) -> None:

@@ -16,11 +16,13 @@ torn ``metadata.json`` or a half-written media file. This module imports nothing
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
 import os
 import re
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -33,6 +35,9 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 METADATA_FILE = "metadata.json"
+# The service writes records of a few KiB (a workflow and a list of entities); a reader refuses a larger one
+# unread instead of parsing whatever a tampered or runaway file holds.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -367,3 +372,29 @@ class RunStore:
         if path.is_symlink() or path.resolve().parent != run_dir or not path.is_file():
             return None
         return path
+
+
+def open_run_file(path: Path) -> tuple[int, os.stat_result]:
+    """Open ``<root>/<run_id>/<name>`` for reading without following a symlink; return the fd and its fstat.
+
+    The run folder is opened with O_NOFOLLOW | O_DIRECTORY and the file relative to it with O_NOFOLLOW, so a
+    folder or file swapped for a symlink at any moment is refused, never read through; checks made on the
+    path beforehand (``entity_path``) cannot promise that. Read only from the returned fd, and take sizes
+    and dates from its stat. O_NONBLOCK keeps a FIFO from blocking the open. Raises FileNotFoundError
+    (or NotADirectoryError) when the folder or file is missing, a symlink, or not a plain file.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_fd = os.open(path.parent, flags | os.O_DIRECTORY)  # a symlinked folder: NotADirectoryError
+    try:
+        fd = os.open(path.name, flags | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the file is a symlink
+            raise FileNotFoundError(errno.ENOENT, "refusing a symlink", os.fspath(path)) from None
+        raise
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, "not a regular file", os.fspath(path))
+    return fd, st
