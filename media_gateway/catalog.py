@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_generation.runstore import (
+    MAX_RECORD_BYTES,
     UNKNOWN_FORMAT,
     MediaFormat,
     MediaKind,
@@ -24,6 +25,7 @@ from comfy_generation.runstore import (
     all_outputs,
     format_for_extension,
     media_url,
+    open_run_file,
     output_entities,
 )
 from media_gateway.probe import probe
@@ -94,7 +96,9 @@ class RunCatalog:
         self._facts: OrderedDict[tuple[Path, _StatKey], dict[str, Any]] = OrderedDict()
 
     def metadata(self, run_id: str) -> dict[str, Any] | None:
-        """The run's record (shared, do not mutate), or None when the run does not exist or is unreadable."""
+        """The run's record (shared, do not mutate), or None when the run does not exist or is unreadable.
+
+        Raises OutputNotFound naming the problem when the record is over ``MAX_RECORD_BYTES``."""
         path = self.store.metadata_path(run_id)
         try:
             key = _stat_key(os.stat(path))
@@ -119,11 +123,16 @@ class RunCatalog:
 
     def _load(self, path: Path) -> _Entry | None:
         try:
-            with open(path, "rb") as fh:
-                key = _stat_key(os.fstat(fh.fileno()))  # the key of the bytes we read, not of a later file
-                raw = fh.read()
+            fd, st = open_run_file(path)  # never through a run folder or record swapped for a symlink
         except (FileNotFoundError, NotADirectoryError):
             return None
+        with os.fdopen(fd, "rb") as fh:
+            if st.st_size > MAX_RECORD_BYTES:  # refused unread: the service never writes one this large
+                problem = f"its record is {st.st_size} bytes, over the {MAX_RECORD_BYTES >> 20} MiB limit"
+                logger.warning("run %s: %s", path.parent.name, problem)
+                raise OutputNotFound(f"run {path.parent.name}: {problem}")
+            key = _stat_key(st)  # the key of the bytes we read, not of a later file
+            raw = fh.read()
         with self._lock:
             self.loads += 1
         try:
