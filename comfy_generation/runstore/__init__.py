@@ -367,9 +367,12 @@ class RunStore:
         name = entity.get("filename")
         if not isinstance(name, str) or not name or name != Path(name).name or name.startswith("."):
             return None
-        run_dir = self.run_dir(run_id).resolve()
-        path = run_dir / name
-        if path.is_symlink() or path.resolve().parent != run_dir or not path.is_file():
+        try:
+            run_dir = self.run_dir(run_id).resolve()
+            path = run_dir / name
+            if path.is_symlink() or path.resolve().parent != run_dir or not path.is_file():
+                return None
+        except OSError:  # resolve() raises when a component is swapped between its own steps: not servable
             return None
         return path
 
