@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -25,10 +26,10 @@ from comfy_generation.runstore import (
     signature_problem,
     signed_media_url,
 )
-from media_gateway.catalog import OutputNotFound, RunCatalog
+from media_gateway.catalog import OutputNotFound, ResolvedOutput, RunCatalog
 from media_gateway.metrics import Metrics, MetricsMiddleware
 from media_gateway.player import render_run_page
-from media_gateway.responses import MediaResponse, json_error
+from media_gateway.responses import MediaResponse, json_error, open_output
 from media_gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def _index(text: str | None) -> int | None:
 
 
 class _Endpoints:
-    """Request handlers; every filesystem call goes through the catalog on a worker thread.
+    """Request handlers; every filesystem call (the catalog's, opening an output) runs on a worker thread.
 
     With a signing secret, every media, info and run-page request needs ``expires`` and ``sig`` parameters
     signed for its exact path (checked before anything else, so an unsigned request learns nothing), and
@@ -110,11 +111,20 @@ class _Endpoints:
         run_id = _run_id(request)  # validated before anything touches the filesystem
         index = _index(request.path_params.get("index"))
         try:
-            output = await anyio.to_thread.run_sync(self.catalog.find_output, run_id, kind, index)
+            output, file = await anyio.to_thread.run_sync(self._open_output, run_id, kind, index)
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         attachment = request.query_params.get("download", "").lower() in _YES
-        return MediaResponse(output, attachment=attachment, accel_prefix=self.accel_prefix)
+        return MediaResponse(output, file, attachment=attachment, accel_prefix=self.accel_prefix)
+
+    def _open_output(self, run_id: str, kind: MediaKind, index: int | None) -> tuple[ResolvedOutput, io.FileIO]:
+        return open_output(self.catalog.store, self.catalog.find_output(run_id, kind, index))
+
+    def _describe(self, run_id: str) -> dict[str, Any]:
+        # The record of a run folder that became a symlink may still be cached from before: refuse it here.
+        if os.path.islink(self.catalog.store.run_dir(run_id)):
+            raise OutputNotFound(f"run {run_id} not found")
+        return self.catalog.describe(run_id)
 
     async def not_found(self, request: Request) -> Response:
         self._check_signature(request)
@@ -127,7 +137,7 @@ class _Endpoints:
         expires = self._check_signature(request)
         run_id = _run_id(request)
         try:
-            document = await anyio.to_thread.run_sync(self.catalog.describe, run_id)
+            document = await anyio.to_thread.run_sync(self._describe, run_id)
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         self._sign_outputs(document, expires)
@@ -138,7 +148,7 @@ class _Endpoints:
         run_id = _run_id(request)
         try:
             document, metadata = await anyio.to_thread.run_sync(
-                lambda: (self.catalog.describe(run_id), self.catalog.require(run_id))
+                lambda: (self._describe(run_id), self.catalog.require(run_id))
             )
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc

@@ -322,6 +322,17 @@ async def test_run_folder_that_is_a_symlink_is_404(gw: Gateway, tmp_path: Path, 
     assert_json_error(page, 404)
 
 
+async def test_run_folder_replaced_by_a_symlink_after_it_was_served_is_404(gw: Gateway, tmp_path: Path):
+    run_id = write_run(gw.runs_dir, [(png_bytes(), "a.png")])
+    for path in (f"/api/media/image/{run_id}", f"/api/media/info/{run_id}", f"/runs/{run_id}"):
+        assert (await gw.client.get(path)).status_code == 200  # the record is cached now
+    moved = (gw.runs_dir / run_id).rename(tmp_path / run_id)  # same files, same inodes, out of run storage
+    (gw.runs_dir / run_id).symlink_to(moved)
+
+    for path in (f"/api/media/image/{run_id}", f"/api/media/info/{run_id}", f"/runs/{run_id}"):
+        assert_json_error(await gw.client.get(path), 404)
+
+
 async def test_oversized_record_is_refused_unread(gw: Gateway):
     run_id = write_run(gw.runs_dir, [(png_bytes(), "a.png")])
     path = gw.runs_dir / run_id / "metadata.json"
