@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -24,10 +25,10 @@ from comfy_generation.runstore import (
     parse_run_id,
     signature_problem,
 )
-from media_gateway.catalog import OutputNotFound, RecordDamaged, RunCatalog, UrlFor
+from media_gateway.catalog import OutputNotFound, RecordDamaged, ResolvedOutput, RunCatalog, UrlFor
 from media_gateway.metrics import Metrics, MetricsMiddleware
 from media_gateway.player import render_run_page
-from media_gateway.responses import MediaResponse, json_error
+from media_gateway.responses import MediaResponse, json_error, open_output
 from media_gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def _index(text: str | None) -> int | None:
 
 
 class _Endpoints:
-    """Request handlers; every filesystem call goes through the catalog on a worker thread.
+    """Request handlers; every filesystem call (the catalog's, opening an output) runs on a worker thread.
 
     With a signing secret, every media, info and run-page request needs ``expires`` and ``sig`` parameters
     signed for its exact path (checked before anything else, so an unsigned request learns nothing), and
@@ -112,13 +113,16 @@ class _Endpoints:
         run_id = _run_id(request)  # validated before anything touches the filesystem
         index = _index(request.path_params.get("index"))
         try:
-            output = await anyio.to_thread.run_sync(self.catalog.find_output, run_id, kind, index)
+            output, file = await anyio.to_thread.run_sync(self._open_output, run_id, kind, index)
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         except RecordDamaged as exc:
             raise HTTPException(422, str(exc)) from exc
         attachment = request.query_params.get("download", "").lower() in _YES
-        return MediaResponse(output, attachment=attachment, accel_prefix=self.accel_prefix)
+        return MediaResponse(output, file, attachment=attachment, accel_prefix=self.accel_prefix)
+
+    def _open_output(self, run_id: str, kind: MediaKind, index: int | None) -> tuple[ResolvedOutput, io.FileIO]:
+        return open_output(self.catalog.store, self.catalog.find_output(run_id, kind, index))
 
     async def not_found(self, request: Request) -> Response:
         self._check_signature(request)

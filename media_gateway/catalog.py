@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -87,6 +88,8 @@ class RunCatalog:
         not exist, RecordDamaged when its record is not one the service could have written."""
         path = self.store.metadata_path(run_id)
         try:
+            if stat.S_ISLNK(os.lstat(path.parent).st_mode):  # a cached record must not outlive such a swap
+                raise FileNotFoundError(path.parent)
             key = _stat_key(os.stat(path))
         except (FileNotFoundError, NotADirectoryError):
             with self._lock:
@@ -110,10 +113,10 @@ class RunCatalog:
         return entry.record
 
     def _load(self, run_id: str, key: _StatKey) -> _Entry:
-        with self._lock:
-            self.loads += 1
         try:
             record: RunRecord | DamagedRecord = self.store.read_record(run_id)
+            with self._lock:
+                self.loads += 1
         except RunMissing:
             raise OutputNotFound(f"run {run_id} not found") from None
         except DamagedRecord as exc:

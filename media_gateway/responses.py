@@ -8,17 +8,25 @@
   ``multipart/byteranges`` for several ranges that stay apart once overlapping and touching ones are
   merged. A Range with another unit, a malformed one, more than 32 ranges, or one under an ``If-Range``
   that does not name this file gets the whole file with 200 (RFC 9110 14.2 lets a server ignore it);
-* 200 otherwise: through the server's ``http.response.pathsend`` extension when it has one (granian: the
-  bytes never pass through Python), else read in 1 MiB slices on a worker thread, one slice in memory at a
-  time whatever the file size.
+* 200 otherwise.
+
+Bodies are read from the file ``open_output`` opened, never from its path again: a file or run folder
+swapped for a symlink after the catalog looked is never followed. A body of up to 1 MiB is read in one
+go and sent as one message; a larger one in 1 MiB slices on a worker thread, one slice in memory at a
+time whatever the file size. Granian's ``http.response.pathsend`` is not used: granian opens the path
+itself, later, on its own task, so the path would be checked and opened in two steps; and as that send
+returns before the open, nothing tells when an fd passed as ``/proc/self/fd/<n>`` could be closed.
 
 In front-server mode (``accel_prefix`` set) the 200/206 bodies are nginx's: the response carries
 ``X-Accel-Redirect: <prefix><run_id>/<file>`` and no body, and nginx serves the file from an internal
-location with its own Range and sendfile. Validation, 304 and 416 stay here, so both modes answer alike.
+location with its own Range and sendfile (``disable_symlinks on``: it follows no symlink either).
+Validation, 304 and 416 stay here, from the opened file's stat, so both modes answer alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -30,7 +38,9 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from media_gateway.catalog import ResolvedOutput
+from comfy_generation.runstore import RunStore, open_run_file
+from comfy_generation.runstore.layout import NotARegularFile
+from media_gateway.catalog import OutputNotFound, ResolvedOutput
 from media_gateway.http_semantics import (
     RangeNotSatisfiable,
     Validators,
@@ -43,12 +53,26 @@ from media_gateway.http_semantics import (
 # Outputs are written once, atomically, and never change: caches may keep them forever.
 IMMUTABLE = "public, max-age=31536000, immutable"
 CHUNK_SIZE = 1024 * 1024  # per worker-thread hop: 64 KiB (Starlette's) costs ~3x the CPU per GiB served
-PATHSEND = "http.response.pathsend"
 
 
 def json_error(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """``{"error": message}``; errors are never cached (a missing output may appear a moment later)."""
     return JSONResponse({"error": message}, status_code, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def open_output(store: RunStore, output: ResolvedOutput) -> tuple[ResolvedOutput, io.FileIO]:
+    """Open the output's file once (blocking): the output with the stat of that open file, and the file.
+
+    Validators and sizes come from this fstat and the body only from this file, so what was checked is
+    what is sent. Raises OutputNotFound when the file, or its run folder, is gone or has become a symlink.
+    """
+    try:
+        fd, st = open_run_file(store.run_dir(output.run_id) / output.path.name)  # not output.path: it is resolved
+    except (FileNotFoundError, NotADirectoryError, NotARegularFile) as exc:
+        problem = f"{output.kind.value} output {output.index} is not available"
+        raise OutputNotFound(f"run {output.run_id}: {problem}") from exc
+    # A FileIO rather than a bare fd: should the response never run (its task cancelled), the fd still closes.
+    return dataclasses.replace(output, stat=st), io.FileIO(fd, "r")
 
 
 def download_name(output: ResolvedOutput) -> str:
@@ -59,11 +83,15 @@ def download_name(output: ResolvedOutput) -> str:
 class MediaResponse(Response):
     """An ASGI response serving one output file (see the module docstring for what it answers)."""
 
-    def __init__(self, output: ResolvedOutput, *, attachment: bool = False, accel_prefix: str | None = None) -> None:
+    def __init__(
+        self, output: ResolvedOutput, file: io.FileIO, *, attachment: bool = False, accel_prefix: str | None = None
+    ) -> None:
+        """Serve ``file``, opened by ``open_output`` (which gave ``output`` its stat); closed once answered."""
         # Response.__init__ is not called (as in Starlette's FileResponse): the headers depend on the request.
         self.status_code = 200
         self.background = None
         self.output = output
+        self.file = file
         self.accel_prefix = accel_prefix
         self.validators = Validators.of(output.stat)
         disposition = "attachment" if attachment else "inline"
@@ -78,6 +106,13 @@ class MediaResponse(Response):
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._respond(scope, receive, send)
+        finally:
+            # No worker thread still reads it: a cancelled anyio.to_thread call waits for its thread.
+            self.file.close()
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Headers(scope=scope)
         head = scope["method"] == "HEAD"
         size = self.output.stat.st_size
@@ -98,7 +133,8 @@ class MediaResponse(Response):
             headers = {k: v for k, v in self.media_headers.items() if k != "accept-ranges"}
             await self._start(send, 200, {**headers, "x-accel-redirect": self._accel_path()}, b"")
         elif ranges is None:
-            await self._send_whole(scope, receive, send, head)
+            parts = [(b"", 0, size - 1)] if size else []
+            await self._stream(scope, receive, send, 200, self.media_headers, head, parts, b"")
         elif len(ranges) == 1:
             first, last = ranges[0]
             headers = {**self.media_headers, "content-range": content_range(first, last, size)}
@@ -118,17 +154,6 @@ class MediaResponse(Response):
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def _send_whole(self, scope: Scope, receive: Receive, send: Send, head: bool) -> None:
-        size = self.output.stat.st_size
-        if not head and PATHSEND in scope.get("extensions", {}):
-            headers = {**self.media_headers, "content-length": str(size)}
-            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-            await send({"type": "http.response.start", "status": 200, "headers": raw})
-            await send({"type": PATHSEND, "path": str(self.output.path)})
-            return
-        parts = [(b"", 0, size - 1)] if size else []
-        await self._stream(scope, receive, send, 200, self.media_headers, head, parts, b"")
 
     async def _send_multipart(
         self, scope: Scope, receive: Receive, send: Send, head: bool, ranges: list[tuple[int, int]]
@@ -170,34 +195,39 @@ class MediaResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
 
+        fd = self.file.fileno()
+        if length <= CHUNK_SIZE:  # one read, one message: nothing to stop early, so no disconnect watcher
+            whole = await anyio.to_thread.run_sync(_read_body, fd, parts, trailer, part_end)
+            await send({"type": "http.response.body", "body": whole, "more_body": False})
+            return
+
         async def body() -> None:
-            fd = await anyio.to_thread.run_sync(_open_no_follow, str(self.output.path))
-            try:
-                for pre, first, last in parts:
-                    if pre:
-                        await send({"type": "http.response.body", "body": pre, "more_body": True})
-                    await _send_slice(send, fd, first, last)
-                    if part_end:
-                        await send({"type": "http.response.body", "body": part_end, "more_body": True})
-                await send({"type": "http.response.body", "body": trailer, "more_body": False})
-            finally:
-                os.close(fd)
+            for pre, first, last in parts:
+                if pre:
+                    await send({"type": "http.response.body", "body": pre, "more_body": True})
+                await _send_slice(send, fd, first, last)
+                if part_end:
+                    await send({"type": "http.response.body", "body": part_end, "more_body": True})
+            await send({"type": "http.response.body", "body": trailer, "more_body": False})
 
         await _until_disconnect(scope, receive, body)
 
 
-def _open_no_follow(path: str) -> int:
-    # The catalog refused symlinks a moment ago; O_NOFOLLOW closes the window in which one could be swapped in.
-    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _read(fd: int, first: int, last: int) -> bytes:
+    """Bytes first..last (inclusive) of the file."""
+    data = os.pread(fd, last - first + 1, first)
+    if len(data) != last - first + 1:
+        raise RuntimeError("output file shrank while it was being sent")  # never expected: outputs are immutable
+    return data
+
+
+def _read_body(fd: int, parts: list[tuple[bytes, int, int]], trailer: bytes, part_end: bytes) -> bytes:
+    return b"".join(pre + _read(fd, first, last) + part_end for pre, first, last in parts) + trailer
 
 
 async def _send_slice(send: Send, fd: int, first: int, last: int) -> None:
-    offset = first
-    while offset <= last:
-        chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK_SIZE, last - offset + 1), offset)
-        if not chunk:
-            raise RuntimeError("output file shrank while it was being sent")  # never expected: outputs are immutable
-        offset += len(chunk)
+    for offset in range(first, last + 1, CHUNK_SIZE):
+        chunk = await anyio.to_thread.run_sync(_read, fd, offset, min(offset + CHUNK_SIZE, last + 1) - 1)
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 

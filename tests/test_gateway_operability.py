@@ -99,7 +99,7 @@ async def test_metrics_count_real_requests(runs_dir: Path, server: str):
     settings = Settings(runs_dir=runs_dir, listen="127.0.0.1:0", signing_secret=SECRET)
     async with SERVERS[server](settings) as gateway, httpx.AsyncClient(base_url=gateway.base_url) as client:
         image_url, audio_url = sign(f"/api/media/image/{run_id}/0"), sign(f"/api/media/music/{run_id}/0")
-        whole = await client.get(image_url)  # 200: granian sends it with pathsend
+        whole = await client.get(image_url)  # 200
         ranged = await client.get(audio_url, headers={"Range": "bytes=10-109"})  # 206
         cached = await client.get(image_url, headers={"If-None-Match": whole.headers["etag"]})  # 304
         head = await client.head(audio_url)  # 200 without a body

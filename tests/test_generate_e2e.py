@@ -351,7 +351,9 @@ async def test_run_fails_unavailable_when_history_keeps_failing_without_a_socket
 async def test_uploaded_input_feeds_a_load_node(stack: Stack) -> None:
     produced = await generate(stack, load("audio.json"))
     flac = await fetch_output(stack, produced[-1].completed.outputs[1])
-    name = await next(iter(stack.service.runner.pool.members.values())).client.upload(flac, "tone.flac", subfolder="gensvc-inputs")
+    name = await next(iter(stack.service.runner.pool.members.values())).client.upload(
+        flac, "tone.flac", subfolder="gensvc-inputs"
+    )
     assert name == "gensvc-inputs/tone.flac"
     graph = {
         "1": {"class_type": "LoadAudio", "inputs": {"audio": name}},

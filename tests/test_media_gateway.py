@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comfy_generation.runstore import new_run_id
+from comfy_generation.runstore import MAX_RECORD_BYTES, new_run_id, write_text_atomic
 from gateway_helpers import glb_bytes, mp3_bytes, mp4_bytes, png_bytes, read_metadata, write_metadata, write_run
 from media_gateway.app import create_app
 from media_gateway.catalog import RunCatalog
@@ -304,6 +305,44 @@ async def test_symlink_out_of_the_run_folder_is_404(gw: Gateway, outside):
 
     assert_json_error(response, 404)
     assert b"SECRET" not in response.content
+
+
+@pytest.mark.parametrize("target", ["outside", "other run"])
+async def test_run_folder_that_is_a_symlink_is_404(gw: Gateway, tmp_path: Path, target):
+    secret = b"\x89PNG\r\n\x1a\nSECRET"
+    other = write_run(gw.runs_dir, [(secret, "x.png")])
+    outside = shutil.copytree(gw.runs_dir / other, tmp_path / "outside")  # a complete run, out of run storage
+    linked = new_run_id()
+    (gw.runs_dir / linked).symlink_to(outside if target == "outside" else gw.runs_dir / other)
+
+    for path in (f"/api/media/image/{linked}", f"/api/media/image/{linked}/0", f"/api/media/info/{linked}"):
+        response = await gw.client.get(path)
+        assert_json_error(response, 404)
+        assert b"SECRET" not in response.content
+    page = await gw.client.get(f"/runs/{linked}")
+    assert_json_error(page, 404)
+
+
+async def test_run_folder_replaced_by_a_symlink_after_it_was_served_is_404(gw: Gateway, tmp_path: Path):
+    run_id = write_run(gw.runs_dir, [(png_bytes(), "a.png")])
+    for path in (f"/api/media/image/{run_id}", f"/api/media/info/{run_id}", f"/runs/{run_id}"):
+        assert (await gw.client.get(path)).status_code == 200  # the record is cached now
+    moved = (gw.runs_dir / run_id).rename(tmp_path / run_id)  # same files, same inodes, out of run storage
+    (gw.runs_dir / run_id).symlink_to(moved)
+
+    for path in (f"/api/media/image/{run_id}", f"/api/media/info/{run_id}", f"/runs/{run_id}"):
+        assert_json_error(await gw.client.get(path), 404)
+
+
+async def test_oversized_record_is_refused_unread(gw: Gateway):
+    run_id = write_run(gw.runs_dir, [(png_bytes(), "a.png")])
+    path = gw.runs_dir / run_id / "metadata.json"
+    padded = path.read_bytes() + b" " * MAX_RECORD_BYTES  # still valid JSON: only its size is wrong
+    write_text_atomic(path, padded.decode())
+
+    for url in (f"/api/media/image/{run_id}", f"/api/media/info/{run_id}", f"/runs/{run_id}"):
+        assert f"larger than {MAX_RECORD_BYTES} bytes" in assert_json_error(await gw.client.get(url), 422), url
+    assert gw.catalog.loads == 0
 
 
 async def test_output_file_missing_on_disk_is_404(gw: Gateway):

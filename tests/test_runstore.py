@@ -24,11 +24,13 @@ from comfy_generation.runstore import (
     detect_format,
     format_for_extension,
     new_run_id,
+    open_run_file,
     parse_run_id,
     record_text,
     utc_now,
 )
 from comfy_generation.runstore.builder import write_finished_run
+from comfy_generation.runstore.layout import NotARegularFile
 
 TRANSCRIPTS = Path(__file__).parent / "data" / "comfyui-transcripts"
 
@@ -133,6 +135,32 @@ def test_entity_paths_never_leave_the_run_folder(tmp_path: Path) -> None:
     assert store.entity_path(run_id, _output(2, "02_output_image.png")) == (run_dir / "02_output_image.png")
     assert store.entity_path(run_id, _output(3, "03_output_image.png")) is None  # a symlink
     assert store.entity_path(run_id, _output(4, "04_output_image.png")) is None  # missing
+
+
+def test_open_run_file_follows_no_symlink(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs")
+    run_id, linked = new_run_id(), new_run_id()
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True)
+    (run_dir / "02_output_image.png").write_bytes(b"real")
+    (tmp_path / "outside.png").write_bytes(b"outside")
+    os.symlink(tmp_path / "outside.png", run_dir / "03_output_image.png")
+    os.mkfifo(run_dir / "04_output_image.png")  # would block a plain open for reading
+    os.symlink(run_dir, store.run_dir(linked))  # a whole run folder that is a symlink
+
+    fd, st = open_run_file(run_dir / "02_output_image.png")
+    try:
+        assert os.read(fd, 100) == b"real" and st.st_size == 4
+    finally:
+        os.close(fd)
+    for path in [
+        run_dir / "03_output_image.png",
+        run_dir / "04_output_image.png",
+        run_dir / "missing.png",
+        store.run_dir(linked) / "02_output_image.png",
+    ]:
+        with pytest.raises((FileNotFoundError, NotADirectoryError, NotARegularFile)):
+            open_run_file(path)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from comfy_generation.runstore.formats import (
     format_for_extension,
 )
 from comfy_generation.runstore.ids import InvalidRunId, new_run_id, parse_run_id, utc_now
-from comfy_generation.runstore.layout import JournalWriter, RunMissing, RunStore, record_text
+from comfy_generation.runstore.layout import JournalWriter, RunMissing, RunStore, open_run_file, record_text
 from comfy_generation.runstore.record import (
     MAX_RECORD_BYTES,
     METADATA_FILE,
@@ -70,6 +70,7 @@ __all__ = [
     "format_for_extension",
     "media_url",
     "new_run_id",
+    "open_run_file",
     "output_url",
     "parse_run_id",
     "record_text",

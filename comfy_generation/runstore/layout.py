@@ -14,6 +14,7 @@ Readers find files through the record's entities, never by name, and never build
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -112,18 +113,14 @@ class RunStore:
     def _open_in_run(self, run_id: str, name: str) -> IO[bytes]:
         """Open a file of the run for reading, following no symlink: neither the run folder nor the file
         may be one (the service never makes one, so one is tampering)."""
-        dir_fd = _open_run_dir(self.run_dir(run_id), run_id, name)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd, _ = open_run_file(self.run_dir(run_id) / name)
+        except FileNotFoundError:
+            raise
+        except NotARegularFile:
+            raise DamagedRecord(run_id, name, "", "is not a regular file") from None
         except OSError as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
             raise DamagedRecord(run_id, name, "", f"cannot be opened ({exc.strerror})") from None
-        finally:
-            os.close(dir_fd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise DamagedRecord(run_id, name, "", "is not a regular file")
         return os.fdopen(fd, "rb")
 
     def entity_path(self, run_id: str, entity: Entity) -> Path | None:
@@ -138,16 +135,40 @@ class RunStore:
         return path
 
 
-def _open_run_dir(path: Path, run_id: str, name: str) -> int:
+class NotARegularFile(OSError):
+    """The path names a folder, a device or a pipe, not a file."""
+
+
+def open_run_file(path: Path) -> tuple[int, os.stat_result]:
+    """Open ``<root>/<run_id>/<name>`` for reading without following a symlink; return the fd and its fstat.
+
+    The run folder is opened with O_NOFOLLOW | O_DIRECTORY and the file relative to it with O_NOFOLLOW, so a
+    folder or file swapped for a symlink at any moment is refused, never read through; checks made on the
+    path beforehand (``entity_path``) cannot promise that. Read only from the returned fd, and take sizes
+    and dates from its stat. O_NONBLOCK keeps a FIFO from blocking the open. Raises FileNotFoundError when
+    the folder or file is missing or a symlink (or the folder is not one), and NotARegularFile for anything
+    but a plain file.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except NotADirectoryError:
-        raise DamagedRecord(run_id, name, "", "its run folder is not a directory") from None
+        dir_fd = os.open(path.parent, flags | os.O_DIRECTORY)
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        # ELOOP: the run folder is a symlink.
-        raise DamagedRecord(run_id, name, "", f"its run folder cannot be opened ({exc.strerror})") from None
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # the run folder is a symlink, or not a folder
+            raise FileNotFoundError(errno.ENOENT, "no such run folder", os.fspath(path)) from None
+        raise
+    try:
+        fd = os.open(path.name, flags | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the file is a symlink
+            raise FileNotFoundError(errno.ENOENT, "refusing a symlink", os.fspath(path)) from None
+        raise
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotARegularFile(errno.EINVAL, "not a regular file", os.fspath(path))
+    return fd, st
 
 
 class JournalWriter:
