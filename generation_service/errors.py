@@ -12,7 +12,9 @@ GenerationError
 ├── TooManyRuns              the in-flight bound is reached                 → RESOURCE_EXHAUSTED (+ RetryInfo)
 ├── StorageUnavailable       run storage cannot be written (full disk)      → UNAVAILABLE
 ├── BackendUnavailable       the backend cannot be reached / answers 5xx    → UNAVAILABLE
-└── BackendProtocolError     the backend answered something we cannot read  → UNAVAILABLE
+├── BackendProtocolError     the backend answered something we cannot read  → UNAVAILABLE
+└── DiscoveryRefused         SwarmUI refused its backend list (credential   → not mapped: raised only by
+                             or permission missing)                           background backend discovery
 """
 
 from __future__ import annotations
@@ -76,3 +78,8 @@ class BackendUnavailable(GenerationError):
 
 class BackendProtocolError(GenerationError):
     """The backend answered with something that does not follow the ComfyUI protocol."""
+
+
+class DiscoveryRefused(GenerationError):
+    """SwarmUI refused to list its backends: the Authorization header or ``swarm_token`` cookie it needs is
+    missing or wrong, or its user lacks a permission. Retrying does not help until the configuration changes."""
