@@ -14,7 +14,9 @@ GenerationError
 │   └── PoolFull             every capable backend holds its most queued    → RESOURCE_EXHAUSTED (+ RetryInfo)
 ├── StorageUnavailable       run storage cannot be written (full disk)      → UNAVAILABLE
 ├── BackendUnavailable       the backend cannot be reached / answers 5xx    → UNAVAILABLE
-└── BackendProtocolError     the backend answered something we cannot read  → UNAVAILABLE
+├── BackendProtocolError     the backend answered something we cannot read  → UNAVAILABLE
+└── DiscoveryRefused         SwarmUI refused its backend list (credential   → not mapped: raised only by
+                             or permission missing)                           background backend discovery
 """
 
 from __future__ import annotations
@@ -86,3 +88,8 @@ class BackendProtocolError(GenerationError):
 
 class PoolFull(TooManyRuns):
     """Every backend that could take the run already holds as many queued runs as it may."""
+
+
+class DiscoveryRefused(GenerationError):
+    """SwarmUI refused to list its backends: the Authorization header or ``swarm_token`` cookie it needs is
+    missing or wrong, or its user lacks a permission. Retrying does not help until the configuration changes."""
