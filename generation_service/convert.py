@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from comfy_generation.runstore import MediaKind, RunStatus
 from generation_service import events as ev
-from generation_service.errors import InvalidRequest
+from generation_service.errors import MAX_MESSAGE_CHARS, MAX_PROBLEMS, InvalidRequest, excerpt
 from generation_service.run_record import RunSummary
 from generation_service.runner import RunSpec
 from generation_service.templating import ParamValue, Scalar, Template
@@ -50,9 +50,11 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 def _failed(body: ev.Failed) -> pb.Failed:
+    # Bounded here too: a node's exception message (recorded as is) may quote the node's whole input,
+    # and this goes into events and ListRuns pages.
     return pb.Failed(
         code=_FAILURE_CODES[body.code],
-        message=body.message,
+        message=excerpt(body.message, MAX_MESSAGE_CHARS),
         node_id=body.node_id,
         node_type=body.node_type,
         exception_type=body.exception_type,
@@ -65,7 +67,7 @@ def _failed(body: ev.Failed) -> pb.Failed:
                 details=p.details,
                 input_name=p.input_name,
             )
-            for p in body.node_errors
+            for p in body.node_errors[:MAX_PROBLEMS]
         ],
     )
 

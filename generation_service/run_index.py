@@ -63,7 +63,7 @@ class RunIndex:
         )
         rest = [key for key in ordered if after is None or key < after]
         page = rest[:size]
-        return [run_id for _, run_id in page], _encode_token(page[-1]) if len(rest) > size else ""
+        return [run_id for _, run_id in page], token_after(*page[-1]) if len(rest) > size else ""
 
 
 def scan(store: RunStore) -> list[dict[str, Any]]:
@@ -79,8 +79,9 @@ def scan(store: RunStore) -> list[dict[str, Any]]:
     return found
 
 
-def _encode_token(key: tuple[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+def token_after(created: str, run_id: str) -> str:
+    """The page token of the runs after this one (``created`` is its metadata's ``timestamp``)."""
+    return base64.urlsafe_b64encode(json.dumps([created, run_id]).encode()).decode()
 
 
 def _decode_token(token: str) -> tuple[str, str] | None:

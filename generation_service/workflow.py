@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from generation_service.errors import InvalidWorkflow
+from generation_service.errors import MAX_PROBLEMS, InvalidWorkflow, excerpt
 
 PREFIX_ROOT = "gensvc"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -34,9 +34,12 @@ def parse(workflow_json: str) -> dict[str, Any]:
         raise InvalidWorkflow("workflow_json must be a non-empty JSON object mapping node ids to nodes")
     if "nodes" in graph and "links" in graph:
         raise InvalidWorkflow("workflow_json is a UI-format workflow; export it from ComfyUI with 'Save (API)' instead")
-    problems = [p for node_id, node in graph.items() for p in _node_problems(node_id, node)]
+    problems = [p for node_id, node in graph.items() for p in _node_problems(excerpt(node_id), node)]
     if problems:
-        raise InvalidWorkflow("workflow_json is not an API-format workflow: " + "; ".join(problems))
+        listed = "; ".join(problems[:MAX_PROBLEMS])
+        if len(problems) > MAX_PROBLEMS:
+            listed += f"; and {len(problems) - MAX_PROBLEMS} more"
+        raise InvalidWorkflow("workflow_json is not an API-format workflow: " + listed)
     return graph
 
 

@@ -11,6 +11,10 @@ Error model, decided once for every RPC:
    RESOURCE_EXHAUSTED (too many runs in flight: a google.rpc.RetryInfo detail says when to retry),
    UNAVAILABLE (the backend cannot be reached after bounded retries; retry later),
    INTERNAL (a bug: logged with its traceback).
+ * Every status fits a default client's 8 KiB metadata limit: its message and details together take
+   at most 4 KiB as sent. Values from the request are quoted as excerpts (at most 200 characters,
+   cut with "…"), an error names at most 20 problems (in the message and as field violations), and a
+   last field violation counts those left out.
  * Once a run has been accepted (the `accepted` event was sent), every outcome is reported in-band:
    the stream ends with exactly one terminal event (`completed`, `failed` or `cancelled`) and then
    closes with status OK. A node that raises, a backend that forgets the prompt or an output that
@@ -221,7 +225,8 @@ class GenerateRequest(_message.Message):
     def params(self) -> _containers.MessageMap[_builtins.str, Global___ParamValue]:
         """Template parameters by name (only with `template`). Every problem (unknown, missing, mistyped or
         out-of-range parameter) is reported at once, as INVALID_ARGUMENT with a BadRequest field
-        violation `params.<name>` per problem. Parameters left out take their defaults.
+        violation `params.<name>` per problem (up to 20: see the error model above). Parameters left out
+        take their defaults.
         """
 
     @_builtins.property
@@ -563,7 +568,9 @@ class ListRunsResponse(_message.Message):
     """Pass to the next ListRuns call; empty on the last page."""
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
-        """Newest first."""
+        """Newest first. Fewer than `page_size` when more would make the response larger than 2 MiB (a
+        default client accepts 4 MiB); at least one while runs are left.
+        """
 
     def __init__(
         self,
