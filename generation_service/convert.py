@@ -28,6 +28,8 @@ _MEDIA_TYPES = {
 _FAILURE_CODES = {code: pb.FailureCode.Value(f"FAILURE_CODE_{code.name}") for code in ev.FailureCode}
 _RUN_STATUSES = {status: pb.RunStatus.Value(f"RUN_STATUS_{status.name}") for status in RunStatus}
 _STATUS_FROM_PROTO = {value: status for status, value in _RUN_STATUSES.items()}
+MAX_TIMEOUT_S = 7 * 24 * 3600  # queue_timeout and execution_timeout: a week is past any real GPU queue or job
+MAX_WORKFLOW_NAME = 256  # it is recorded with the run and listed with it
 
 
 def output_to_proto(out: ev.StoredOutput) -> pb.Output:
@@ -198,10 +200,13 @@ def spec_from_proto(request: pb.GenerateRequest) -> RunSpec:
     timeouts = {}
     for field in ("queue_timeout", "execution_timeout"):
         if request.HasField(field):
-            seconds = getattr(request, field).ToTimedelta().total_seconds()
-            if seconds <= 0:
-                raise InvalidRequest(f"{field} must be positive, got {seconds:g} s")
+            value = getattr(request, field)
+            seconds = value.seconds + value.nanos / 1e9  # not ToTimedelta(): it overflows past 10**9 days
+            if not 0 < seconds <= MAX_TIMEOUT_S:
+                raise InvalidRequest(f"{field} must be more than 0 s and at most {MAX_TIMEOUT_S} s, got {seconds:g} s")
             timeouts[f"{field}_s"] = seconds
+    if len(request.workflow_name) > MAX_WORKFLOW_NAME:
+        raise InvalidRequest(f"workflow_name must be at most {MAX_WORKFLOW_NAME} characters")
     return RunSpec(
         workflow_json=request.workflow_json,
         workflow_name=request.workflow_name,

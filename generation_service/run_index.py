@@ -15,6 +15,7 @@ from generation_service.run_record import RunRecord
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
+MAX_TOKEN_CHARS = 256  # the tokens this service issues have about 120
 
 
 @dataclass
@@ -88,7 +89,12 @@ def _decode_token(token: str) -> tuple[str, str] | None:
     if not token:
         return None
     try:
-        created, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return str(created), str(run_id)
-    except (ValueError, TypeError) as exc:
+        if len(token) > MAX_TOKEN_CHARS:  # before decoding: garbage of any size costs nothing
+            raise ValueError("too long")
+        key = json.loads(base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8"))
+        if not (isinstance(key, list) and len(key) == 2 and all(isinstance(part, str) for part in key)):
+            raise ValueError("not a [created, run_id] pair")
+        created, run_id = key
+        return created, parse_run_id(run_id)
+    except ValueError as exc:  # also bad base64, non-UTF-8 bytes, invalid JSON, a malformed run id
         raise InvalidRequest("page_token is not one this service issued") from exc

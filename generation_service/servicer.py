@@ -60,6 +60,7 @@ STATUS_FOR_ERROR: dict[type[GenerationError], grpc.StatusCode] = {
 STATUS_BUDGET_BYTES = 4096
 # A default client refuses a message over 4 MiB; runs past this size go to the next page.
 LIST_PAGE_BUDGET_BYTES = 2 * 1024 * 1024
+MAX_CANCEL_REASON = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -139,8 +140,13 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         return await _call(context, describe)
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.Run:
-        reason = request.reason or "cancelled by CancelRun"
-        return await _call(context, lambda: _as_proto(self.runner.cancel(request.run_id, reason)))
+        async def cancel() -> pb.Run:
+            if len(request.reason) > MAX_CANCEL_REASON:  # it is stored with the run and listed with it
+                raise InvalidRequest(f"reason must be at most {MAX_CANCEL_REASON} characters")
+            reason = request.reason or "cancelled by CancelRun"
+            return run_to_proto(await self.runner.cancel(request.run_id, reason))
+
+        return await _call(context, cancel)
 
 
 async def _ready(value: T) -> T:
@@ -152,7 +158,8 @@ async def _as_proto(summary: Awaitable[Any]) -> pb.Run:
 
 
 async def _call(context: Context, operation: Callable[[], Awaitable[T]]) -> T:
-    """Run ``operation()``; a GenerationError ends the RPC with its status code (and details)."""
+    """Run ``operation()``; a GenerationError ends the RPC with its status code (and details), anything
+    else with INTERNAL (a bug: logged with its traceback; its text may quote the request, so not sent)."""
     try:
         return await operation()
     except GenerationError as exc:
@@ -163,6 +170,10 @@ async def _call(context: Context, operation: Callable[[], Awaitable[T]]) -> T:
         sent = rpc_status.to_status(status)
         await context.abort(sent.code, sent.details, sent.trailing_metadata)
         raise  # abort raises; this line only tells type checkers
+    except Exception:
+        logger.exception("an RPC failed unexpectedly")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; the service logged it")
+        raise
 
 
 def fitted_status(code: grpc.StatusCode, exc: GenerationError) -> status_pb2.Status:

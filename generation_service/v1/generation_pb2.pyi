@@ -205,11 +205,15 @@ class GenerateRequest(_message.Message):
     """A ComfyUI workflow in API format (ComfyUI's "Save (API)"), as JSON text: an object mapping each
     node id to {"class_type": str, "inputs": {...}, "_meta": {"title": str}?}. Every save node's
     `filename_prefix` is replaced by a per-run prefix, so results are never replayed from an older run.
+    Arrays and objects may nest at most 64 levels deep (the workflow object is level 1), and integers
+    have at most 4300 digits (Python's limit); deeper or longer is INVALID_ARGUMENT.
     """
     template: _builtins.str
     """The name of a template (see ListTemplates); its parameters come from `params`."""
     workflow_name: _builtins.str
-    """A short name for the workflow, recorded in the run's metadata.json (`workflow`). Optional."""
+    """A short name for the workflow (at most 256 characters), recorded in the run's metadata.json
+    (`workflow`). Optional.
+    """
     include_previews: _builtins.bool
     """Also store temporary preview outputs (PreviewImage, PreviewAudio: files of type "temp").
     Default false: only saved outputs become run outputs.
@@ -233,12 +237,15 @@ class GenerateRequest(_message.Message):
     def queue_timeout(self) -> _duration_pb2.Duration:
         """Longest time the run may wait in the backend's queue; unset: the service default (generous,
         since real GPU queues and model cold starts take minutes). On expiry the backend job is cancelled
-        and the run ends `failed` with FAILURE_CODE_DEADLINE_EXCEEDED.
+        and the run ends `failed` with FAILURE_CODE_DEADLINE_EXCEEDED. When set, more than 0 and at most
+        7 days (604800 s); anything else is INVALID_ARGUMENT.
         """
 
     @_builtins.property
     def execution_timeout(self) -> _duration_pb2.Duration:
-        """Longest time the run may execute once started; unset: the service default. Same expiry rule."""
+        """Longest time the run may execute once started; unset: the service default. Same expiry rule and
+        the same bounds.
+        """
 
     def __init__(
         self,
@@ -513,7 +520,7 @@ class CancelRunRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     reason: _builtins.str
-    """Why, recorded in the `cancelled` event; default "cancelled by CancelRun"."""
+    """Why, recorded in the `cancelled` event (at most 500 characters); default "cancelled by CancelRun"."""
     def __init__(
         self,
         *,
@@ -538,7 +545,9 @@ class ListRunsRequest(_message.Message):
     page_size: _builtins.int
     """Runs per page, 1 to 1000; 0 means 50."""
     page_token: _builtins.str
-    """`next_page_token` of the previous page; empty for the first page."""
+    """`next_page_token` of the previous page; empty for the first page. Any other value is
+    INVALID_ARGUMENT.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___RunStatus.ValueType]:
         """Only runs in one of these statuses; empty: every status."""
