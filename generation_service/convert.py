@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from comfy_generation.runstore import MediaKind, RunStatus
 from comfy_generation.runstore import events as ev
-from generation_service.errors import InvalidRequest
+from generation_service.errors import MAX_MESSAGE_CHARS, MAX_PROBLEMS, InvalidRequest, excerpt
 from generation_service.pool import Member
 from generation_service.run_summary import RunSummary
 from generation_service.runner import RunSpec
@@ -29,6 +29,8 @@ _MEDIA_TYPES = {
 _FAILURE_CODES = {code: pb.FailureCode.Value(f"FAILURE_CODE_{code.name}") for code in ev.FailureCode}
 _RUN_STATUSES = {status: pb.RunStatus.Value(f"RUN_STATUS_{status.name}") for status in RunStatus}
 _STATUS_FROM_PROTO = {value: status for status, value in _RUN_STATUSES.items()}
+MAX_TIMEOUT_S = 7 * 24 * 3600  # queue_timeout and execution_timeout: a week is past any real GPU queue or job
+MAX_WORKFLOW_NAME = 256  # it is recorded with the run and listed with it
 
 
 def output_to_proto(out: ev.StoredOutput) -> pb.Output:
@@ -51,9 +53,11 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 def _failed(body: ev.Failed) -> pb.Failed:
+    # Bounded here too: a node's exception message (recorded as is) may quote the node's whole input,
+    # and this goes into events and ListRuns pages.
     return pb.Failed(
         code=_FAILURE_CODES[body.code],
-        message=body.message,
+        message=excerpt(body.message, MAX_MESSAGE_CHARS),
         node_id=body.node_id,
         node_type=body.node_type,
         exception_type=body.exception_type,
@@ -66,7 +70,7 @@ def _failed(body: ev.Failed) -> pb.Failed:
                 details=p.details,
                 input_name=p.input_name,
             )
-            for p in body.node_errors
+            for p in body.node_errors[:MAX_PROBLEMS]
         ],
     )
 
@@ -197,10 +201,13 @@ def spec_from_proto(request: pb.GenerateRequest) -> RunSpec:
     timeouts = {}
     for field in ("queue_timeout", "execution_timeout"):
         if request.HasField(field):
-            seconds = getattr(request, field).ToTimedelta().total_seconds()
-            if seconds <= 0:
-                raise InvalidRequest(f"{field} must be positive, got {seconds:g} s")
+            value = getattr(request, field)
+            seconds = value.seconds + value.nanos / 1e9  # not ToTimedelta(): it overflows past 10**9 days
+            if not 0 < seconds <= MAX_TIMEOUT_S:
+                raise InvalidRequest(f"{field} must be more than 0 s and at most {MAX_TIMEOUT_S} s, got {seconds:g} s")
             timeouts[f"{field}_s"] = seconds
+    if len(request.workflow_name) > MAX_WORKFLOW_NAME:
+        raise InvalidRequest(f"workflow_name must be at most {MAX_WORKFLOW_NAME} characters")
     return RunSpec(
         workflow_json=request.workflow_json,
         workflow_name=request.workflow_name,

@@ -17,11 +17,24 @@ GenerationError
 ├── BackendProtocolError     the backend answered something we cannot read  → UNAVAILABLE
 └── DiscoveryRefused         SwarmUI refused its backend list (credential   → not mapped: raised only by
                              or permission missing)                           background backend discovery
+
+Messages quote the caller's input (and the backend echoes it back), yet they end up in a gRPC status
+(trailers: a default client accepts 8 KiB of metadata) and in run storage (ListRuns pages: 4 MiB). So
+every quoted value is an ``excerpt`` and a problem list keeps its first MAX_PROBLEMS entries.
 """
 
 from __future__ import annotations
 
 from comfy_generation.runstore.events import NodeProblem
+from comfy_generation.runstore.schema import EXCERPT_CHARS, cut_text
+
+MAX_PROBLEMS = 20  # problems one error names; the rest are counted
+MAX_MESSAGE_CHARS = 2000  # a whole error message
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text``, cut to at most ``limit`` characters (the last one an ellipsis) when it is longer."""
+    return cut_text(text, limit)
 
 
 class GenerationError(Exception):
@@ -69,21 +82,31 @@ class TooManyRuns(GenerationError):
 
 
 class WorkflowRejected(GenerationError):
-    """The backend refused the workflow; ``problems`` names every node and input at fault."""
+    """The backend refused the workflow; ``problems`` names the nodes and inputs at fault (the first
+    MAX_PROBLEMS of them; ``omitted`` counts the rest)."""
 
     def __init__(self, summary: str, problems: tuple[NodeProblem, ...]) -> None:
-        self.summary = summary
-        self.problems = problems
-        lines = "; ".join(p.describe() for p in problems)
-        super().__init__(f"{summary}: {lines}" if lines else summary)
+        self.summary = excerpt(summary)
+        self.problems = problems[:MAX_PROBLEMS]
+        self.omitted = len(problems) - len(self.problems)
+        lines = "; ".join(p.describe() for p in self.problems)
+        if self.omitted:
+            lines += f"; and {self.omitted} more"
+        super().__init__(excerpt(f"{self.summary}: {lines}" if lines else self.summary, MAX_MESSAGE_CHARS))
 
 
 class BackendUnavailable(GenerationError):
     """The backend could not be reached, or answered with a server error."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(excerpt(message, MAX_MESSAGE_CHARS))  # it may quote the backend's whole answer
+
 
 class BackendProtocolError(GenerationError):
     """The backend answered with something that does not follow the ComfyUI protocol."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(excerpt(message, MAX_MESSAGE_CHARS))
 
 
 class PoolFull(TooManyRuns):

@@ -8,13 +8,14 @@ import base64
 import json
 from dataclasses import dataclass
 
-from comfy_generation.runstore import DamagedRecord, RunMissing, RunRecord, RunStatus, RunStore
+from comfy_generation.runstore import DamagedRecord, RunMissing, RunRecord, RunStatus, RunStore, parse_run_id
 from comfy_generation.runstore.events import RunEvent
 from generation_service.errors import InvalidRequest
 from generation_service.run_writer import RunWriter
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
+MAX_TOKEN_CHARS = 256  # the tokens this service issues have about 120
 
 
 @dataclass
@@ -71,7 +72,7 @@ class RunIndex:
         )
         rest = [key for key in ordered if after is None or key < after]
         page = rest[:size]
-        return [run_id for _, run_id in page], _encode_token(page[-1]) if len(rest) > size else ""
+        return [run_id for _, run_id in page], token_after(*page[-1]) if len(rest) > size else ""
 
 
 @dataclass(frozen=True)
@@ -97,15 +98,21 @@ def scan(store: RunStore) -> dict[str, Loaded | DamagedRecord]:
     return found
 
 
-def _encode_token(key: tuple[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+def token_after(created: str, run_id: str) -> str:
+    """The page token of the runs after this one (``created`` is its metadata's ``timestamp``)."""
+    return base64.urlsafe_b64encode(json.dumps([created, run_id]).encode()).decode()
 
 
 def _decode_token(token: str) -> tuple[str, str] | None:
     if not token:
         return None
     try:
-        created, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return str(created), str(run_id)
-    except (ValueError, TypeError) as exc:
+        if len(token) > MAX_TOKEN_CHARS:  # before decoding: garbage of any size costs nothing
+            raise ValueError("too long")
+        key = json.loads(base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8"))
+        if not (isinstance(key, list) and len(key) == 2 and all(isinstance(part, str) for part in key)):
+            raise ValueError("not a [created, run_id] pair")
+        created, run_id = key
+        return created, parse_run_id(run_id)
+    except ValueError as exc:  # also bad base64, non-UTF-8 bytes, invalid JSON, a malformed run id
         raise InvalidRequest("page_token is not one this service issued") from exc

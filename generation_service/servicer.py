@@ -1,10 +1,17 @@
-"""The gRPC edge: thin RPC methods over the Runner, and the one table from errors to status codes."""
+"""The gRPC edge: thin RPC methods over the Runner, and the one table from errors to status codes.
+
+What leaves here is bounded: a status (message and details) fits STATUS_BUDGET_BYTES, and a ListRuns
+page LIST_PAGE_BUDGET_BYTES, whatever the caller sent.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Awaitable, Callable
+from itertools import accumulate
 from typing import Any, TypeVar
 
 import grpc
@@ -13,6 +20,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from generation_service import run_index
 from generation_service.convert import (
     backend_to_proto,
     run_to_proto,
@@ -34,6 +42,7 @@ from generation_service.errors import (
     TemplateNotFound,
     TooManyRuns,
     WorkflowRejected,
+    excerpt,
 )
 from generation_service.metrics import Metrics
 from generation_service.runner import Runner
@@ -57,6 +66,15 @@ STATUS_FOR_ERROR: dict[type[GenerationError], grpc.StatusCode] = {
     BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
     BackendProtocolError: grpc.StatusCode.UNAVAILABLE,
 }
+
+# The status message and its details travel in trailers (grpc-message percent-encoded, the details
+# base64-encoded in grpc-status-details-bin), and a default client refuses more than 8 KiB of metadata:
+# past that it sees RESOURCE_EXHAUSTED "Stream removed" instead of the error. Half of that leaves room
+# for the other headers and for encodings counted differently.
+STATUS_BUDGET_BYTES = 4096
+# A default client refuses a message over 4 MiB; runs past this size go to the next page.
+LIST_PAGE_BUDGET_BYTES = 2 * 1024 * 1024
+MAX_CANCEL_REASON = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -99,7 +117,16 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         async def list_runs() -> pb.ListRunsResponse:
             statuses = statuses_from_proto(request.statuses)
             runs, token = await self.runner.list_runs(statuses, request.page_size, request.page_token)
-            return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
+            page, size = pb.ListRunsResponse(), 0
+            for i, run in enumerate(runs):
+                message = run_to_proto(run)
+                size += message.ByteSize() + 8  # plus its tag and length
+                if i and size > LIST_PAGE_BUDGET_BYTES:  # a page holds at least one run
+                    token = run_index.token_after(runs[i - 1].created, runs[i - 1].run_id)
+                    break
+                page.runs.append(message)
+            page.next_page_token = token
+            return page
 
         return await _call(context, list_runs)
 
@@ -121,7 +148,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             await asyncio.to_thread(catalog.reload)
             if not any(t.name == request.name for t in catalog.templates()):
                 known = ", ".join(t.name for t in catalog.templates()) or "none"
-                raise TemplateNotFound(f"no template {request.name!r}; known templates: {known}")
+                raise TemplateNotFound(f"no template {excerpt(request.name)!r}; known templates: {known}")
             return template_to_proto(catalog.get(request.name))
 
         return await _call(context, describe)
@@ -131,8 +158,13 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         return pb.ListBackendsResponse(backends=[backend_to_proto(m) for m in members])
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.Run:
-        reason = request.reason or "cancelled by CancelRun"
-        return await _call(context, lambda: _as_proto(self.runner.cancel(request.run_id, reason)))
+        async def cancel() -> pb.Run:
+            if len(request.reason) > MAX_CANCEL_REASON:  # it is stored with the run and listed with it
+                raise InvalidRequest(f"reason must be at most {MAX_CANCEL_REASON} characters")
+            reason = request.reason or "cancelled by CancelRun"
+            return run_to_proto(await self.runner.cancel(request.run_id, reason))
+
+        return await _call(context, cancel)
 
 
 async def _as_proto(summary: Awaitable[Any]) -> pb.Run:
@@ -140,44 +172,96 @@ async def _as_proto(summary: Awaitable[Any]) -> pb.Run:
 
 
 async def _call(context: Context, operation: Callable[[], Awaitable[T]]) -> T:
-    """Run ``operation()``; a GenerationError ends the RPC with its status code (and details)."""
+    """Run ``operation()``; a GenerationError ends the RPC with its status code (and details), anything
+    else with INTERNAL (a bug: logged with its traceback; its text may quote the request, so not sent)."""
     try:
         return await operation()
     except GenerationError as exc:
         code = next((c for cls, c in STATUS_FOR_ERROR.items() if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
-        detail = _detail(exc)
-        if detail is None:
-            await context.abort(code, str(exc))
-        status = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=str(exc), details=[detail]))
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        status = fitted_status(code, exc)
+        if not status.details:
+            await context.abort(code, status.message)
+        sent = rpc_status.to_status(status)
+        await context.abort(sent.code, sent.details, sent.trailing_metadata)
         raise  # abort raises; this line only tells type checkers
+    except Exception:
+        logger.exception("an RPC failed unexpectedly")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; the service logged it")
+        raise
 
 
-def _detail(exc: GenerationError) -> any_pb2.Any | None:
-    """The google.rpc detail that tells a client what to do: the fields to fix, or when to retry."""
-    message: Message
+def fitted_status(code: grpc.StatusCode, exc: GenerationError) -> status_pb2.Status:
+    """The status ``exc`` ends an RPC with, within STATUS_BUDGET_BYTES as sent.
+
+    The message takes at most a quarter of the budget (it is sent twice: as grpc-message and inside the
+    details); field violations are then dropped from the end, one more violation counting them, until
+    the rest fits. Without violations it always fits: a quarter, plus the same bytes again in base64.
+    """
+    message = _cut(str(exc), STATUS_BUDGET_BYTES // 4)
+    violations, omitted = _violations(exc)
+    keep = len(violations)
+    while True:
+        left_out = omitted + len(violations) - keep
+        status = status_pb2.Status(
+            code=code.value[0], message=message, details=_details(exc, violations[:keep], left_out)
+        )
+        if keep == 0 or sent_size(status) <= STATUS_BUDGET_BYTES:
+            return status
+        keep -= 1
+
+
+def sent_size(status: status_pb2.Status) -> int:
+    """Bytes of grpc-message and grpc-status-details-bin on the wire: the message percent-encoded, the
+    serialized status (when there are details) base64-encoded."""
+    details = 4 * math.ceil(status.ByteSize() / 3) if status.details else 0
+    return sum(map(_percent_encoded_size, status.message)) + details
+
+
+def _percent_encoded_size(char: str) -> int:
+    """grpc-message sends printable ASCII as is, and every other byte (and '%') as %XX."""
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in char.encode())
+
+
+def _cut(message: str, limit: int) -> str:
+    """``message`` cut with an ellipsis to at most ``limit`` bytes percent-encoded."""
+    ends = list(accumulate(map(_percent_encoded_size, message)))
+    if not ends or ends[-1] <= limit:
+        return message
+    return message[: bisect_right(ends, limit - _percent_encoded_size("…"))] + "…"
+
+
+def _violations(exc: GenerationError) -> tuple[list[error_details_pb2.BadRequest.FieldViolation], int]:
+    """One field violation per problem the error names, and how many problems it left out."""
+    Violation = error_details_pb2.BadRequest.FieldViolation
     if isinstance(exc, WorkflowRejected):
-        message = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=f"workflow_json.{p.node_id}" + (f".inputs.{p.input_name}" if p.input_name else ""),
-                    description=p.describe(),
-                )
-                for p in exc.problems
-            ]
-        )
-    elif isinstance(exc, TemplateRequestError):
-        message = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=p.field, description=p.message) for p in exc.problems
-            ]
-        )
+        return [Violation(field=p.field, description=p.describe()) for p in exc.problems], exc.omitted
+    if isinstance(exc, TemplateRequestError):
+        return [Violation(field=p.field, description=p.description) for p in exc.problems], exc.omitted
+    return [], 0
+
+
+def _details(
+    exc: GenerationError, violations: list[error_details_pb2.BadRequest.FieldViolation], omitted: int
+) -> list[any_pb2.Any]:
+    """The google.rpc details that tell a client what to do: the fields to fix, or when to retry."""
+    message: Message
+    if isinstance(exc, WorkflowRejected | TemplateRequestError):
+        if omitted:
+            root = "workflow_json" if isinstance(exc, WorkflowRejected) else "params"
+            violations = [*violations, _omitted(root, omitted)]
+        message = error_details_pb2.BadRequest(field_violations=violations)
     elif isinstance(exc, TooManyRuns):
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
         message = error_details_pb2.RetryInfo(retry_delay=delay)
     else:
-        return None
+        return []
     detail = any_pb2.Any()
     detail.Pack(message)
-    return detail
+    return [detail]
+
+
+def _omitted(field: str, count: int) -> error_details_pb2.BadRequest.FieldViolation:
+    return error_details_pb2.BadRequest.FieldViolation(
+        field=field, description=f"{count} more problem{'s' if count > 1 else ''} left out of this error"
+    )

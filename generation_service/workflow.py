@@ -5,12 +5,16 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-from generation_service.errors import InvalidWorkflow
+from generation_service.errors import MAX_PROBLEMS, InvalidWorkflow, excerpt
 
 PREFIX_ROOT = "gensvc"
+# Containers inside containers, the workflow object itself being level 1. API-format workflows use 4
+# or 5 (node, inputs, a list value); Python's json, ComfyUI's too, gives up near 1000 with a RecursionError.
+MAX_JSON_DEPTH = 64
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -24,20 +28,50 @@ def parse(workflow_json: str) -> dict[str, Any]:
     """Parse and check an API-format workflow; every problem found is named in one InvalidWorkflow."""
     if not workflow_json.strip():
         raise InvalidWorkflow("workflow_json is empty: send a ComfyUI API-format workflow (Save (API))")
-    try:
-        graph = json.loads(workflow_json)
-    except json.JSONDecodeError as exc:
-        raise InvalidWorkflow(f"workflow_json is not valid JSON: {exc}") from exc
+    graph = _loads(workflow_json)
     if isinstance(graph, dict) and "prompt" in graph and isinstance(graph["prompt"], dict):
         graph = graph["prompt"]  # a whole /prompt body was sent: take its graph
     if not isinstance(graph, dict) or not graph:
         raise InvalidWorkflow("workflow_json must be a non-empty JSON object mapping node ids to nodes")
     if "nodes" in graph and "links" in graph:
         raise InvalidWorkflow("workflow_json is a UI-format workflow; export it from ComfyUI with 'Save (API)' instead")
-    problems = [p for node_id, node in graph.items() for p in _node_problems(node_id, node)]
+    problems = [p for node_id, node in graph.items() for p in _node_problems(excerpt(node_id), node)]
     if problems:
-        raise InvalidWorkflow("workflow_json is not an API-format workflow: " + "; ".join(problems))
+        listed = "; ".join(problems[:MAX_PROBLEMS])
+        if len(problems) > MAX_PROBLEMS:
+            listed += f"; and {len(problems) - MAX_PROBLEMS} more"
+        raise InvalidWorkflow("workflow_json is not an API-format workflow: " + listed)
     return graph
+
+
+def _loads(workflow_json: str) -> Any:
+    too_deep = f"workflow_json nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+    try:
+        graph = json.loads(workflow_json)
+    except RecursionError:
+        raise InvalidWorkflow(too_deep) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidWorkflow(f"workflow_json is not valid JSON: {exc}") from exc
+    except ValueError:  # the only other one: int() refuses an integer that long
+        digits = sys.get_int_max_str_digits()
+        raise InvalidWorkflow(f"workflow_json has an integer of more than {digits} digits") from None
+    if _deeper_than(graph, MAX_JSON_DEPTH):
+        raise InvalidWorkflow(too_deep)
+    return graph
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels in ``value`` (without recursion)."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _node_problems(node_id: str, node: object) -> list[str]:

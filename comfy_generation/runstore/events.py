@@ -15,9 +15,10 @@ from enum import StrEnum
 from typing import Any
 
 from comfy_generation.runstore.formats import MediaKind
-from comfy_generation.runstore.schema import DamagedRecord, Fields, excerpt, loads
+from comfy_generation.runstore.schema import DamagedRecord, Fields, cut_text, excerpt, loads
 
 EVENTS_FILE = "events.jsonl"
+DESCRIPTION_CHARS = 400  # one validation problem's description
 
 
 class FailureCode(StrEnum):
@@ -45,12 +46,25 @@ class NodeProblem:
     details: str
     input_name: str
 
+    def __post_init__(self) -> None:
+        # Every field may echo the caller's workflow (an unknown class type of any length, the value
+        # that failed): each is cut here, so no description, status or stored failure can grow with it.
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, cut_text(str(getattr(self, f.name))))
+
+    @property
+    def field(self) -> str:
+        """Where the problem is, for a ``google.rpc.BadRequest`` field violation:
+        ``workflow_json.<node>.inputs.<input>``, ``workflow_json.<node>`` or ``workflow_json``."""
+        where = f"workflow_json.{self.node_id}" if self.node_id else "workflow_json"
+        return f"{where}.inputs.{self.input_name}" if self.input_name else where
+
     def describe(self) -> str:
         where = f"node {self.node_id} ({self.class_type})" if self.node_id else "workflow"
         if self.input_name:
             where += f" input {self.input_name!r}"
         detail = f": {self.details}" if self.details and self.details != self.input_name else ""
-        return f"{where}: {self.message}{detail} [{self.type}]"
+        return cut_text(f"{where}: {self.message}{detail} [{self.type}]", DESCRIPTION_CHARS)
 
     @classmethod
     def from_fields(cls, f: Fields) -> NodeProblem:

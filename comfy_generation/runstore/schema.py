@@ -21,7 +21,7 @@ JsonScalar = str | int | float | bool | None
 JsonValue = JsonScalar | list["JsonValue"] | dict[str, "JsonValue"]
 
 _MISSING: Any = object()
-MAX_TEXT = 200  # how much of a bad value an error message quotes
+MAX_TEXT = EXCERPT_CHARS = 200  # how much of a value an error message quotes
 
 
 class DamagedRecord(ValueError):
@@ -33,10 +33,14 @@ class DamagedRecord(ValueError):
         super().__init__(f"run {run_id}: {where}: {problem}")
 
 
+def cut_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text``, cut to at most ``limit`` characters (the last one an ellipsis) when it is longer."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
 def excerpt(value: object, limit: int = MAX_TEXT) -> str:
     """``repr(value)`` cut to ``limit`` characters: error messages never echo unbounded input."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return cut_text(repr(value), limit)
 
 
 def loads(raw: bytes, run_id: str, file: str) -> object:

@@ -23,6 +23,7 @@ from .errors import FileProblem, Problem, TemplateLoadError, TemplateRequestErro
 from .loading import MANIFEST_SUFFIX, load_template, template_name
 from .media import DEFAULT_MAX_MEDIA_BYTES
 from .model import ParamValue, Template
+from .values import shown
 
 logger = logging.getLogger(__name__)
 Stamp = tuple[tuple[int, int], ...]
@@ -138,7 +139,7 @@ class TemplateCatalog:
             if template.name == name:
                 return template
         known = ", ".join(t.name for t in self.templates()) or "none"
-        raise TemplateRequestError(name, (Problem(None, f"unknown template {name!r}; known templates: {known}"),))
+        raise TemplateRequestError(name, (Problem(None, f"unknown template {shown(name)}; known templates: {known}"),))
 
     def apply(
         self,

@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from generation_service.errors import GenerationError
+from comfy_generation.runstore.events import DESCRIPTION_CHARS
+from generation_service.errors import MAX_MESSAGE_CHARS, MAX_PROBLEMS, GenerationError, excerpt
+
+PARAM_NAME_CHARS = 100  # a parameter name quoted back (an unknown one may be of any length)
 
 
 class TemplateError(GenerationError):
@@ -31,19 +34,29 @@ class Problem:
     def field(self) -> str:
         """Where the problem is, for a ``google.rpc.BadRequest`` field violation: ``template`` or
         ``params.<name>``."""
-        return "template" if self.param is None else f"params.{self.param}"
+        return "template" if self.param is None else f"params.{excerpt(self.param, PARAM_NAME_CHARS)}"
+
+    @property
+    def description(self) -> str:
+        """The message, cut to DESCRIPTION_CHARS."""
+        return excerpt(self.message, DESCRIPTION_CHARS)
 
     def describe(self) -> str:
-        return f"{self.field}: {self.message}"
+        return f"{self.field}: {self.description}"
 
 
 class TemplateRequestError(TemplateError):
-    """The request cannot be filled into the template; ``problems`` names every parameter at fault."""
+    """The request cannot be filled into the template; ``problems`` names the parameters at fault (the
+    first MAX_PROBLEMS of them; ``omitted`` counts the rest)."""
 
     def __init__(self, template: str, problems: tuple[Problem, ...]) -> None:
         self.template = template
-        self.problems = problems
-        super().__init__(f"template {template!r}: " + "; ".join(p.describe() for p in problems))
+        self.problems = problems[:MAX_PROBLEMS]
+        self.omitted = len(problems) - len(self.problems)
+        lines = "; ".join(p.describe() for p in self.problems)
+        if self.omitted:
+            lines += f"; and {self.omitted} more"
+        super().__init__(excerpt(f"template {excerpt(template, PARAM_NAME_CHARS)!r}: {lines}", MAX_MESSAGE_CHARS))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from comfy_generation.runstore import (
 from generation_service.workflow import PREFIX_ROOT
 
 from .model import Param, Target
+from .values import shown
 
 DEFAULT_MAX_MEDIA_BYTES = 50 * 1024 * 1024
 RUN_REF = re.compile(r"^run:(?P<run_id>[^/]+)/(?P<kind>[a-z]+)(?:/(?P<index>-?\d+))?$")
@@ -89,14 +90,14 @@ def resolve_media(param: Param, value: object, *, run_id: str, store: RunStore |
 def _run_output(ref: str, kind: MediaKind, store: RunStore | None) -> tuple[Path, str]:
     match = RUN_REF.fullmatch(ref)
     if match is None:
-        raise ValueError(f"{ref!r} is not a run reference; write run:<run_id>/{kind.value}/<index>")
+        raise ValueError(f"{shown(ref)} is not a run reference; write run:<run_id>/{kind.value}/<index>")
     ref_kind = _KIND_ALIASES.get(match["kind"], match["kind"])
     if ref_kind != kind.value:
-        raise ValueError(f"{ref!r} refers to a {match['kind']} output; this parameter takes {kind.value}")
+        raise ValueError(f"{shown(ref)} refers to a {match['kind']} output; this parameter takes {kind.value}")
     try:
         run_id = parse_run_id(match["run_id"])
     except InvalidRunId:
-        raise ValueError(f"{match['run_id']!r} is not a run id (a lowercase hyphenated UUID)") from None
+        raise ValueError(f"{shown(match['run_id'])} is not a run id (a lowercase hyphenated UUID)") from None
     if store is None:
         raise ValueError(f"run {run_id} does not exist here; refer to a run of this service")
     try:
@@ -115,5 +116,5 @@ def _run_output(ref: str, kind: MediaKind, store: RunStore | None) -> tuple[Path
         )
     path = store.entity_path(run_id, outputs[index])
     if path is None:
-        raise ValueError(f"the file of {ref!r} is missing from run storage")
+        raise ValueError(f"the file of {shown(ref)} is missing from run storage")
     return path, path.suffix.lstrip(".") or "bin"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from generation_service.errors import excerpt
+
 from .model import Param, ParamType, Scalar
 
 RANDOM = "random"
@@ -17,8 +19,7 @@ _FALSE = {"false", "no", "off", "0"}
 
 def shown(value: object) -> str:
     """A value as it appears in messages: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return excerpt(repr(value), 60)
 
 
 def _number_text(value: str) -> str:
@@ -33,16 +34,18 @@ def parse_int(value: object) -> int:
         raise ValueError(f"{shown(value)} is not a whole number; send one such as 20")
     if isinstance(value, int):
         return value
-    if isinstance(value, str):
+    if isinstance(value, float):
+        number = value
+    else:
         try:
             return int(_number_text(value))
-        except ValueError:
+        except ValueError:  # also past int()'s digit limit (sys.get_int_max_str_digits)
             try:
-                value = float(value)
+                number = float(value)  # "1e3" is a whole number too
             except ValueError:
                 raise ValueError(f"{shown(value)} is not a whole number; send one such as 20") from None
-    if math.isfinite(value) and value.is_integer():
-        return int(value)
+    if math.isfinite(number) and number.is_integer():
+        return int(number)
     raise ValueError(f"{shown(value)} is not a whole number; send one such as 20")
 
 
@@ -83,9 +86,9 @@ def _check_bounds(param: Param, number: int | float) -> None:
     low, high = param.minimum, param.maximum
     span = f"from {low} to {high}" if low is not None and high is not None else ""
     if low is not None and number < low:
-        raise ValueError(f"{number} is below the minimum {low}; send a value {span or f'of at least {low}'}")
+        raise ValueError(f"{shown(number)} is below the minimum {low}; send a value {span or f'of at least {low}'}")
     if high is not None and number > high:
-        raise ValueError(f"{number} is above the maximum {high}; send a value {span or f'of at most {high}'}")
+        raise ValueError(f"{shown(number)} is above the maximum {high}; send a value {span or f'of at most {high}'}")
     if param.step and param.type is ParamType.INT:
         base = int(low or 0)
         offset = (int(number) - base) % param.step
@@ -93,7 +96,8 @@ def _check_bounds(param: Param, number: int | float) -> None:
             below, above = int(number) - offset, int(number) - offset + param.step
             allowed = ", ".join(str(base + i * param.step) for i in range(3))
             raise ValueError(
-                f"{number} is not allowed: values go in steps of {param.step} ({allowed}, ...); send {below} or {above}"
+                f"{shown(number)} is not allowed: values go in steps of {param.step} ({allowed}, ...); "
+                f"send {shown(below)} or {shown(above)}"
             )
 
 

@@ -11,6 +11,10 @@ Error model, decided once for every RPC:
    RESOURCE_EXHAUSTED (too many runs in flight: a google.rpc.RetryInfo detail says when to retry),
    UNAVAILABLE (the backend cannot be reached after bounded retries; retry later),
    INTERNAL (a bug: logged with its traceback).
+ * Every status fits a default client's 8 KiB metadata limit: its message and details together take
+   at most 4 KiB as sent. Values from the request are quoted as excerpts (at most 200 characters,
+   cut with "…"), an error names at most 20 problems (in the message and as field violations), and a
+   last field violation counts those left out.
  * Once a run has been accepted (the `accepted` event was sent), every outcome is reported in-band:
    the stream ends with exactly one terminal event (`completed`, `failed` or `cancelled`) and then
    closes with status OK. A node that raises, a backend that forgets the prompt or an output that
@@ -219,11 +223,15 @@ class GenerateRequest(_message.Message):
     """A ComfyUI workflow in API format (ComfyUI's "Save (API)"), as JSON text: an object mapping each
     node id to {"class_type": str, "inputs": {...}, "_meta": {"title": str}?}. Every save node's
     `filename_prefix` is replaced by a per-run prefix, so results are never replayed from an older run.
+    Arrays and objects may nest at most 64 levels deep (the workflow object is level 1), and integers
+    have at most 4300 digits (Python's limit); deeper or longer is INVALID_ARGUMENT.
     """
     template: _builtins.str
     """The name of a template (see ListTemplates); its parameters come from `params`."""
     workflow_name: _builtins.str
-    """A short name for the workflow, recorded in the run's metadata.json (`workflow`). Optional."""
+    """A short name for the workflow (at most 256 characters), recorded in the run's metadata.json
+    (`workflow`). Optional.
+    """
     include_previews: _builtins.bool
     """Also store temporary preview outputs (PreviewImage, PreviewAudio: files of type "temp").
     Default false: only saved outputs become run outputs.
@@ -244,19 +252,23 @@ class GenerateRequest(_message.Message):
     def params(self) -> _containers.MessageMap[_builtins.str, Global___ParamValue]:
         """Template parameters by name (only with `template`). Every problem (unknown, missing, mistyped or
         out-of-range parameter) is reported at once, as INVALID_ARGUMENT with a BadRequest field
-        violation `params.<name>` per problem. Parameters left out take their defaults.
+        violation `params.<name>` per problem (up to 20: see the error model above). Parameters left out
+        take their defaults.
         """
 
     @_builtins.property
     def queue_timeout(self) -> _duration_pb2.Duration:
         """Longest time the run may wait in the backend's queue; unset: the service default (generous,
         since real GPU queues and model cold starts take minutes). On expiry the backend job is cancelled
-        and the run ends `failed` with FAILURE_CODE_DEADLINE_EXCEEDED.
+        and the run ends `failed` with FAILURE_CODE_DEADLINE_EXCEEDED. When set, more than 0 and at most
+        7 days (604800 s); anything else is INVALID_ARGUMENT.
         """
 
     @_builtins.property
     def execution_timeout(self) -> _duration_pb2.Duration:
-        """Longest time the run may execute once started; unset: the service default. Same expiry rule."""
+        """Longest time the run may execute once started; unset: the service default. Same expiry rule and
+        the same bounds.
+        """
 
     @_builtins.property
     def backend_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -537,7 +549,7 @@ class CancelRunRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     reason: _builtins.str
-    """Why, recorded in the `cancelled` event; default "cancelled by CancelRun"."""
+    """Why, recorded in the `cancelled` event (at most 500 characters); default "cancelled by CancelRun"."""
     def __init__(
         self,
         *,
@@ -562,7 +574,9 @@ class ListRunsRequest(_message.Message):
     page_size: _builtins.int
     """Runs per page, 1 to 1000; 0 means 50."""
     page_token: _builtins.str
-    """`next_page_token` of the previous page; empty for the first page."""
+    """`next_page_token` of the previous page; empty for the first page. Any other value is
+    INVALID_ARGUMENT.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___RunStatus.ValueType]:
         """Only runs in one of these statuses; empty: every status."""
@@ -592,7 +606,9 @@ class ListRunsResponse(_message.Message):
     """Pass to the next ListRuns call; empty on the last page."""
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
-        """Newest first."""
+        """Newest first. Fewer than `page_size` when more would make the response larger than 2 MiB (a
+        default client accepts 4 MiB); at least one while runs are left.
+        """
 
     def __init__(
         self,

@@ -11,6 +11,10 @@ Error model, decided once for every RPC:
    RESOURCE_EXHAUSTED (too many runs in flight: a google.rpc.RetryInfo detail says when to retry),
    UNAVAILABLE (the backend cannot be reached after bounded retries; retry later),
    INTERNAL (a bug: logged with its traceback).
+ * Every status fits a default client's 8 KiB metadata limit: its message and details together take
+   at most 4 KiB as sent. Values from the request are quoted as excerpts (at most 200 characters,
+   cut with "…"), an error names at most 20 problems (in the message and as field violations), and a
+   last field violation counts those left out.
  * Once a run has been accepted (the `accepted` event was sent), every outcome is reported in-band:
    the stream ends with exactly one terminal event (`completed`, `failed` or `cancelled`) and then
    closes with status OK. A node that raises, a backend that forgets the prompt or an output that
