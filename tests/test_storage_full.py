@@ -9,6 +9,7 @@ import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -60,7 +61,7 @@ async def health_becomes(stack: Stack, status: int) -> None:
     """Follow the health Watch stream until it reports ``status`` (bounded by the test's timeout)."""
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.service.port}")
     try:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub: Any = health_pb2_grpc.HealthStub(channel)  # the published stubs omit the stub's methods
         async for reply in stub.Watch(health_pb2.HealthCheckRequest(service="")):
             if reply.status == status:
                 return
