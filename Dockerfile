@@ -2,7 +2,8 @@
 # command. Build stage: a virtualenv with the project and its dependencies (all from wheels: grpcio, av and
 # numpy ship manylinux wheels, so no compiler is needed). Final stage: that virtualenv only, no pip cache,
 # no build tools, a non-root user. tests/test_compose.py checks that the COPY lines below cover every module
-# and package the wheel includes (pyproject's [tool.hatch.build.targets.wheel] only-include).
+# and package the wheel includes (pyproject's [tool.hatch.build.targets.wheel] only-include). The workflow
+# templates are package data of generation_service, installed into the virtualenv with it.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -25,7 +26,6 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app \
     && chown app:app /runs /data  # named volumes take their owner from the mount point on first use
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY templates templates
 COPY workflows workflows
 COPY deploy/grpc_healthcheck.py grpc_healthcheck.py
 USER app

@@ -1,4 +1,4 @@
-"""Log formatting shared by the service, the gateway and the simulator: human lines or JSON lines.
+"""Log formatting shared by the service and the gateway (their --log-format): human lines or JSON lines.
 
 A lifecycle log line passes its context as ``extra={"run_id": ..., "prompt_id": ..., "template": ...}``;
 the JSON format puts those fields at the top level, the text format appends them as ``key=value``.

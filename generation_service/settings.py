@@ -10,6 +10,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "GENERATION_"
+# The workflow templates installed with the package (package data of the wheel): the default template
+# folder, found wherever the service is installed and whatever its working directory.
+SHIPPED_TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 HELP = {
     "backend_url": "ComfyUI base URL, or a comma-separated list of them (a pool): "
@@ -49,6 +52,8 @@ HELP = {
     "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
 }
 
+# How --help shows a default that is not meant to be read as a value (an install-dependent path).
+DEFAULT_SHOWN = {"templates_dir": "the templates shipped with the package"}
 
 _CONVERTERS: dict[str, Callable[[str], object]] = {"float": float, "int": int, "Path": Path}
 
@@ -84,7 +89,7 @@ class Settings:
     tls_client_ca_file: str = ""
     media_signing_secret: str = ""
     media_url_ttl_seconds: float = 86400.0
-    templates_dir: str = "templates"
+    templates_dir: str = str(SHIPPED_TEMPLATES_DIR)
     max_input_media_bytes: int = 50 * 1024 * 1024
     log_level: str = "INFO"
 
@@ -148,11 +153,13 @@ class Settings:
         )
         for f in fields(cls):
             env = ENV_PREFIX + f.name.upper()
+            default = environ.get(env, str(f.default))
+            shown = DEFAULT_SHOWN.get(f.name, "%(default)s") if default == str(f.default) else "%(default)s"
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
-                default=environ.get(env, str(f.default)),
+                default=default,
                 metavar=f.name.upper(),
-                help=f"{HELP[f.name]} (env {env}; default %(default)s)",
+                help=f"{HELP[f.name]} (env {env}; default {shown})",
             )
         ns = parser.parse_args(argv)
         values: dict[str, object] = {}

@@ -69,8 +69,10 @@ def processes() -> Iterator[Started]:
 
 def start(started: Started, work: Path, name: str, *args: str) -> None:
     log = work / f"{name}.log"
+    # Started in the demo folder: nothing needs the checkout as working directory (the templates are
+    # package data).
     proc = subprocess.Popen(
-        [sys.executable, "-m", name, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO
+        [sys.executable, "-m", name, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=work
     )
     started.append((name, proc, log))
 

@@ -45,7 +45,6 @@ def service_settings(tmp_path: Path, gateway_url: str, **overrides: object) -> S
         "history_poll_seconds": 0.2,
         "lost_prompt_grace_seconds": 2.0,  # the tests' backends forget prompts on purpose, not by lag
         "shutdown_grace_seconds": 1.0,
-        "templates_dir": str(REPO / "templates"),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -202,8 +202,10 @@ def test_the_final_stage_is_slim_and_runs_as_a_user():
     user = [line for line in final if line.startswith("USER ")]
     assert user == ["USER app"] and final.index(user[0]) > max(i for i, line in enumerate(final) if "RUN" in line)
     files = copied(final)
-    assert {"templates", "workflows", "deploy/grpc_healthcheck.py"} <= files
-    assert environment("generation-service")["GENERATION_TEMPLATES_DIR"] == "/app/templates"
+    assert {"workflows", "deploy/grpc_healthcheck.py"} <= files
+    # The templates are package data, installed with generation_service: the default finds them.
+    assert "templates" not in files and "GENERATION_TEMPLATES_DIR" not in environment("generation-service")
+    assert Path(ServiceSettings().templates_dir).is_relative_to(REPO / "generation_service")
     assert "WORKDIR /app" in final
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".env" in ignored and not any(source.split("/")[0] in ignored for source in copied(stages[0]) | files)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from generation_service.settings import Settings
+from generation_service.settings import SHIPPED_TEMPLATES_DIR, Settings
 
 
 def test_defaults_are_safe_for_local_use() -> None:
@@ -61,3 +61,18 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
     ]:
         assert flag in text
     assert "GENERATION_SWARM_BACKEND_ID" in text
+
+
+def test_the_default_template_folder_is_the_packaged_one_and_help_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings.from_args([], environ={})
+    assert Path(settings.templates_dir) == SHIPPED_TEMPLATES_DIR
+    assert sorted(SHIPPED_TEMPLATES_DIR.glob("*.template.json"))
+    assert Settings.from_args(["--templates-dir", ""], environ={}).templates_dir == ""  # empty: no templates
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--help"], environ={})
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default the templates shipped with the package" in text
+    assert str(SHIPPED_TEMPLATES_DIR) not in text
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--help"], environ={"GENERATION_TEMPLATES_DIR": "/srv/templates"})
+    assert "default /srv/templates)" in " ".join(capsys.readouterr().out.split())

@@ -14,8 +14,8 @@ import pytest
 
 from comfy_simulator import Simulator, SimulatorSettings, running
 from comfy_simulator.media import encode_mp4
+from generation_service.settings import SHIPPED_TEMPLATES_DIR
 from simulator_helpers import Client
-from stack_helpers import REPO
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ async def client(sim: Simulator) -> AsyncIterator[Client]:
 
 
 def shipped(name: str) -> dict[str, Any]:
-    graph: dict[str, Any] = json.loads((REPO / "templates" / f"{name}.workflow.json").read_text())
+    graph: dict[str, Any] = json.loads((SHIPPED_TEMPLATES_DIR / f"{name}.workflow.json").read_text())
     return graph
 
 

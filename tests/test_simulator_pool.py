@@ -20,6 +20,7 @@ import pytest
 from comfy_simulator import Simulator, SimulatorSettings, running
 from comfy_simulator.proxy import GENERATE_DENIED, NO_BACKEND
 from comfy_simulator.swarm_api import since_text
+from generation_service.settings import SHIPPED_TEMPLATES_DIR
 from simulator_helpers import TIMEOUT, Client, split_status, transcript, workflow
 from stack_helpers import REPO
 
@@ -59,7 +60,7 @@ FEATURES = [
 
 
 def sampler_graph(steps: int) -> dict[str, Any]:
-    graph: dict[str, Any] = json.loads((REPO / "templates" / "sd35_text_to_image.workflow.json").read_text())
+    graph: dict[str, Any] = json.loads((SHIPPED_TEMPLATES_DIR / "sd35_text_to_image.workflow.json").read_text())
     graph["135"]["inputs"].update(width=64, height=64)
     graph["3"]["inputs"]["steps"] = steps
     return graph

@@ -12,6 +12,7 @@ import pytest
 
 from comfy_generation.runstore import RunStore, new_run_id
 from comfy_generation.runstore.builder import write_finished_run
+from generation_service.settings import SHIPPED_TEMPLATES_DIR
 from generation_service.templating import (
     Template,
     TemplateCatalog,
@@ -21,7 +22,6 @@ from generation_service.templating import (
     bind_uploads,
     load_template,
 )
-from stack_helpers import REPO
 
 RUN_ID = "0b0e3c9e-5a8e-4f57-9a51-3d2c1f0e9a11"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
@@ -119,7 +119,7 @@ def problems(exc: pytest.ExceptionInfo[TemplateRequestError]) -> dict[str | None
 
 
 def test_shipped_templates_load_and_describe() -> None:
-    catalog = TemplateCatalog.load(REPO / "templates")
+    catalog = TemplateCatalog.load(SHIPPED_TEMPLATES_DIR)
     names = {t.name: t.media.value for t in catalog.templates()}
     assert names == {
         "ace_step_instrumental": "audio",

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from comfy_simulator import Simulator
 from generation_service.server import running_service
+from generation_service.settings import SHIPPED_TEMPLATES_DIR
 from generation_service.v1 import generation_pb2 as pb
-from stack_helpers import REPO, Stack, StackFactory, service_settings
+from generation_service.v1 import generation_pb2_grpc as pb_grpc
+from stack_helpers import Stack, StackFactory, service_settings
 
 SHIPPED = {
     "ace_step_instrumental",
@@ -95,7 +102,7 @@ async def test_templates_dropped_into_the_folder_are_served_without_restart(
     stack = await stack_factory(templates_dir=str(folder))
     assert list((await stack.stub.ListTemplates(pb.ListTemplatesRequest())).templates) == []
     for name in ("solid_image.template.json", "solid_image.workflow.json"):
-        shutil.copy(REPO / "templates" / name, folder / name)
+        shutil.copy(SHIPPED_TEMPLATES_DIR / name, folder / name)
     assert [t.name for t in (await stack.stub.ListTemplates(pb.ListTemplatesRequest())).templates] == ["solid_image"]
     events = [e async for e in stack.stub.Generate(pb.GenerateRequest(template="solid_image"))]
     assert events[-1].HasField("completed")
@@ -103,7 +110,7 @@ async def test_templates_dropped_into_the_folder_are_served_without_restart(
 
 async def test_a_broken_template_stops_start_up_naming_file_and_problem(tmp_path: Path, simulator) -> None:
     folder = tmp_path / "templates"
-    shutil.copytree(REPO / "templates", folder)
+    shutil.copytree(SHIPPED_TEMPLATES_DIR, folder)
     manifest = json.loads((folder / "sd35_text_to_image.template.json").read_text())
     manifest["parameters"]["prompt"]["targets"] = [{"node": "999", "input": "text"}]
     (folder / "sd35_text_to_image.template.json").write_text(json.dumps(manifest))
@@ -114,3 +121,54 @@ async def test_a_broken_template_stops_start_up_naming_file_and_problem(tmp_path
         async with running_service(settings):
             pass
     assert "sd35_text_to_image.template.json" in str(info.value) and "999" in str(info.value)
+
+
+LISTENING = re.compile(r"generation service listening on [\d.]+:(\d+)")
+
+
+async def test_the_service_started_outside_a_checkout_serves_the_shipped_templates(
+    tmp_path: Path, simulator: Simulator
+) -> None:
+    """``python -m generation_service`` with the default templates_dir, in an empty working directory: the
+    templates come from the installed package, not from a folder next to where it was started."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GENERATION_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "generation_service",
+        "--backend-url",
+        simulator.comfy_url,
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--listen",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=elsewhere,
+        env=environment,
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    try:
+        port = await asyncio.wait_for(_listening_port(proc.stderr, log), 30)
+        assert port, "the service exited before it listened:\n" + "".join(log)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            listed = await pb_grpc.GenerationServiceStub(channel).ListTemplates(pb.ListTemplatesRequest())
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.communicate()  # reads what is left of its log, then waits for the exit
+    in_package = {p.name.removesuffix(".template.json") for p in SHIPPED_TEMPLATES_DIR.glob("*.template.json")}
+    assert {t.name for t in listed.templates} == in_package == SHIPPED
+    assert list(elsewhere.iterdir()) == []  # nothing was looked for or written relative to it
+
+
+async def _listening_port(stream: asyncio.StreamReader, log: list[str]) -> int:
+    """The port the service logs once it listens, or 0 when its log ends first; every line goes to ``log``."""
+    while line := await stream.readline():
+        log.append(line.decode())
+        if match := LISTENING.search(log[-1]):
+            return int(match.group(1))
+    return 0

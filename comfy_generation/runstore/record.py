@@ -231,7 +231,7 @@ class RunRecord:
             "seeds": self.seeds,
             "request_id": self.request_id,
             "request_fingerprint": self.request_fingerprint,
-            "options": dataclasses.asdict(self.options),
+            "options": {**dataclasses.asdict(self.options), "backend_labels": list(self.options.backend_labels)},
             "current_state": self.current_state.to_json(),
             "entities": [e.to_json() for e in self.entities],
         }

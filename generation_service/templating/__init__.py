@@ -1,6 +1,6 @@
 """Workflow templates: API-format workflows with typed, checked parameters.
 
-    catalog = TemplateCatalog.load(Path("templates"))       # start-up: TemplateLoadError if any file is broken
+    catalog = TemplateCatalog.load(SHIPPED_TEMPLATES_DIR)    # start-up: TemplateLoadError if any file is broken
     catalog.reload()                                         # cheap re-scan (mtimes); call per request or on SIGHUP
     applied = catalog.apply("ace_step_instrumental", {"tags": "lofi", "seconds": "12"}, run_id=run_id, store=store)
     names = [await backend.upload(u.read_bytes(), u.filename, u.subfolder) for u in applied.uploads]
@@ -9,7 +9,9 @@
 
 Modules: ``model`` (Template, Param, ParamType), ``values`` (parsing per type), ``loading`` (one file,
 validated), ``media`` (bytes / run references → pending uploads), ``apply`` (filling a workflow),
-``catalog`` (the folder and its reload), ``errors``.
+``catalog`` (the folder and its reload), ``errors``. The templates shipped with the service are package
+data in ``generation_service/templates/`` (``generation_service.settings.SHIPPED_TEMPLATES_DIR``, the
+default ``templates_dir``).
 """
 
 from __future__ import annotations
