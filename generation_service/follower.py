@@ -294,9 +294,10 @@ class Follower:
         while True:
             if (entry := await self.backend.history(self.sub.prompt_id)) is not None:
                 return entry
-            if time.time() + delay > give_up:
-                return None
-            await asyncio.sleep(delay)
+            left = give_up - time.time()
+            if left <= 0:
+                return None  # the last look came after the whole grace
+            await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, self.policy.poll_s)
 
     async def _conclude(self, entry: HistoryEntry | None) -> Outcome:
