@@ -391,6 +391,7 @@ class Runner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(h.writer.drain() for h in handles if h.writer is not None))
         for handle in handles:
             handle.close()
 
