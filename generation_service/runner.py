@@ -371,6 +371,11 @@ class Runner:
 
     async def _resume(self, writer: RunWriter, past: list[ev.RunEvent], graph: dict[str, Any]) -> None:
         await asyncio.to_thread(writer.resume)
+        # Progress reaches the record a moment after the journal: a killed process can leave a record
+        # that says accepted for a run whose journal says it started. The journal is the truth.
+        journaled = _journaled_state(past)
+        if journaled is not None and _PROGRESS.index(journaled.step) > _PROGRESS.index(writer.record.status):
+            await writer.update(status=RunStatus(journaled.step), current_state=journaled)
         record = writer.record
         sub = self.backend.subscribe(record.prompt_id)
         sub.blind = True  # its events went to the previous process's socket
@@ -394,6 +399,17 @@ class Runner:
         await asyncio.gather(*(h.writer.drain() for h in handles if h.writer is not None))
         for handle in handles:
             handle.close()
+
+
+_PROGRESS = (RunStatus.ACCEPTED, RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+def _journaled_state(past: list[ev.RunEvent]) -> CurrentState | None:
+    """How far an unfinished run got by its journal: running once started, else queued at its last position."""
+    if any(isinstance(e.body, ev.Started) for e in past):
+        return CurrentState(RunStatus.RUNNING.value)
+    queued = [e.body.position for e in past if isinstance(e.body, ev.Queued)]
+    return CurrentState(RunStatus.QUEUED.value, position=queued[-1]) if queued else None
 
 
 def _context(record: RunRecord) -> dict[str, str]:
