@@ -136,8 +136,8 @@ class Follower:
                     "run %s: backend socket lost; following /queue and /history", self.handle.run_id, extra=self.log
                 )
                 self.next_look = time.time()
-            elif await self._on_frame(item):
-                return await self._conclude(await self._final_history())
+            elif await self._on_frame(item) and (outcome := await self._after_last_frame()) is not None:
+                return outcome
 
     async def _next(self, timeout: float) -> Any:
         try:
@@ -285,6 +285,18 @@ class Follower:
             extra=self.log,
         )
         return outcome
+
+    async def _after_last_frame(self) -> Outcome | None:
+        """The prompt's last frame came: conclude from its history; None when the backend does not answer,
+        and the run polls it, which tolerates that like at any other time."""
+        try:
+            entry = await self._final_history()
+        except GenerationError:
+            self.poll_failures += 1
+            self.sub.blind = True
+            self.next_look = time.time()
+            return None
+        return await self._conclude(entry)
 
     async def _final_history(self) -> HistoryEntry | None:
         """The history entry after the prompt's last frame. ComfyUI writes it before that frame; slow
