@@ -273,6 +273,26 @@ async def test_history_that_never_shows_fails_prompt_lost_only_after_the_grace(l
     assert record.error.code == ev.FailureCode.PROMPT_LOST
 
 
+async def test_a_backend_that_stops_answering_at_the_last_frame_is_waited_for_like_any_other_time(
+    logic: RunLogic,
+) -> None:
+    release = asyncio.Event()
+    steps = comfy_run(["1", "2"], outputs=[OutputFile("2")])
+    steps.insert(len(steps) - 1, WaitFor(release))  # before the final executing (node null)
+    logic.backend.scripts.append(Script(steps, [OutputFile("2")]))
+    handle = await logic.runner.start(SPEC)
+    await logic.until_event(handle.run_id, lambda e: isinstance(e.body, ev.NodeStarted) and e.body.node_id == "2")
+    logic.backend.down = True
+    release.set()
+    await logic.backend.until(lambda: logic.backend.unavailable.total() >= 4)
+    assert logic.backend.unavailable["history"] >= 1  # the look after the last frame was refused too
+    assert (await logic.runner.get(handle.run_id)).status == RunStatus.RUNNING
+    logic.backend.down = False
+    events = await logic.events(handle.run_id)
+
+    assert_completed_with(logic, events, [PNG])
+
+
 # -- a prompt absent from queue and history while the socket is down ---------------------------------
 
 
