@@ -157,7 +157,7 @@ class Follower:
             self.next_look = time.time()
             return None
         if isinstance(item, dict) and await self._on_frame(item):
-            return await self._conclude(await self._final_history())
+            return await self._after_last_frame()
         return None
 
     async def _next(self, timeout: float) -> Any:
@@ -377,6 +377,18 @@ class Follower:
         )
         return outcome
 
+    async def _after_last_frame(self) -> Outcome | None:
+        """The prompt's last frame came: conclude from its history; None when the backend does not answer,
+        and the run polls it, which tolerates that like at any other time."""
+        try:
+            entry = await self._final_history()
+        except GenerationError:
+            self.poll_failures += 1
+            self.sub.blind = True
+            self.next_look = time.time()
+            return None
+        return await self._conclude(entry)
+
     async def _final_history(self) -> HistoryEntry | None:
         """The history entry after the prompt's last frame. ComfyUI writes it before that frame; slow
         proxies and backends answer seconds late, so look again (backing off) for up to ``lost_grace_s``."""
@@ -385,9 +397,10 @@ class Follower:
         while True:
             if (entry := await self.backend.history(self.sub.prompt_id)) is not None:
                 return entry
-            if time.time() + delay > give_up:
-                return None
-            await asyncio.sleep(delay)
+            left = give_up - time.time()
+            if left <= 0:
+                return None  # the last look came after the whole grace
+            await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, self.policy.poll_s)
 
     async def _conclude(self, entry: HistoryEntry | None) -> Outcome:

@@ -69,6 +69,7 @@ class RunWriter:
         self._lock = asyncio.Lock()  # one record write at a time; each writes the latest state
         self._pending = False
         self._flusher: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()  # set by drain(): the background write goes now, without its delay
 
     @property
     def run_id(self) -> str:
@@ -186,10 +187,19 @@ class RunWriter:
     async def _flush(self) -> None:
         # A short delay coalesces the bursts of a run's start (queued, running, the first nodes) into
         # one write; a quick run reaches its durable final write first and writes no progress at all.
-        await asyncio.sleep(PROGRESS_WRITE_DELAY_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PROGRESS_WRITE_DELAY_S):
+                await self._hurry.wait()
         while self._pending:
             self._pending = False
             await self._write(durable=False)
+
+    async def drain(self) -> None:
+        """Write the pending progress now and wait for it: before the run's folder gets another owner (the
+        next start of the service), so that it finds the latest state and this writer writes no more."""
+        self._hurry.set()
+        if self._flusher is not None:
+            await self._flusher
 
     async def _write(self, durable: bool) -> None:
         if self.failure:

@@ -388,6 +388,11 @@ class Runner:
 
     async def _resume(self, writer: RunWriter, past: list[ev.RunEvent], graph: dict[str, Any]) -> None:
         await asyncio.to_thread(writer.resume)
+        # Progress reaches the record a moment after the journal: a killed process can leave a record
+        # that says accepted for a run whose journal says it started. The journal is the truth.
+        journaled = _journaled_state(past)
+        if journaled is not None and _PROGRESS.index(journaled.step) > _PROGRESS.index(writer.record.status):
+            await writer.update(status=RunStatus(journaled.step), current_state=journaled)
         record = writer.record
         member = self.pool.get(record.backend)  # None: the backend left the pool; the run moves or fails
         sub = (member.client if member else DetachedBackend(record.backend)).subscribe(record.prompt_id)
@@ -411,8 +416,20 @@ class Runner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(h.writer.drain() for h in handles if h.writer is not None))
         for handle in handles:
             handle.close()
+
+
+_PROGRESS = (RunStatus.ACCEPTED, RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+def _journaled_state(past: list[ev.RunEvent]) -> CurrentState | None:
+    """How far an unfinished run got by its journal: running once started, else queued at its last position."""
+    if any(isinstance(e.body, ev.Started) for e in past):
+        return CurrentState(RunStatus.RUNNING.value)
+    queued = [e.body.position for e in past if isinstance(e.body, ev.Queued)]
+    return CurrentState(RunStatus.QUEUED.value, position=queued[-1]) if queued else None
 
 
 def _context(record: RunRecord) -> dict[str, str]:
