@@ -60,7 +60,7 @@ class ComfyBackend:
         self._subscriptions: dict[str, Subscription] = {}
         self._closing = False
         self._queue_fetch: asyncio.Future[dict[str, QueueState]] | None = None
-        self._queue_fetched_at = 0.0
+        self._queue_cached: tuple[float, dict[str, QueueState]] | None = None  # (fetch start, states)
         self.connections = 0  # websocket connections opened so far (reconnects = connections - 1)
         self.on_reconnect: Callable[[], None] = lambda: None
         self._socket_failing = False  # the last connection attempt failed: do not wait for the socket
@@ -290,26 +290,27 @@ class ComfyBackend:
         return frozenset(str(name) for name in data)
 
     async def _queue_snapshot(self, max_age_s: float) -> dict[str, QueueState]:
-        if max_age_s <= 0:
-            return await self._fetch_queue()  # must reflect everything done before this call
-        if self._queue_fetch is not None and not self._queue_fetch.done():
-            return await asyncio.shield(self._queue_fetch)  # join the fetch in flight
-        if self._queue_fetch is not None and time.monotonic() - self._queue_fetched_at <= max_age_s:
-            return self._queue_fetch.result()
-        self._queue_fetch = asyncio.ensure_future(self._fetch_queue())
-        try:
-            return await asyncio.shield(self._queue_fetch)
-        except GenerationError:
-            self._queue_fetch = None  # failures are not cached
-            raise
+        """``max_age_s`` 0: a fetch that reflects everything done before this call. Every fetch becomes the
+        snapshot the others share (failures are not kept)."""
+        if max_age_s > 0:
+            if self._queue_fetch is not None and not self._queue_fetch.done():
+                return await asyncio.shield(self._queue_fetch)  # join the fetch in flight
+            if self._queue_cached is not None and time.monotonic() - self._queue_cached[0] <= max_age_s:
+                return self._queue_cached[1]
+        fetch = asyncio.ensure_future(self._fetch_queue())
+        if max_age_s > 0:
+            self._queue_fetch = fetch
+        return await asyncio.shield(fetch)
 
     async def _fetch_queue(self) -> dict[str, QueueState]:
+        started = time.monotonic()
         data = await self._json("GET", "queue")
-        self._queue_fetched_at = time.monotonic()
         running = [item[1] for item in data.get("queue_running", [])]
         pending = sorted(data.get("queue_pending", []), key=lambda item: item[0])  # heap order on the wire
         states = {prompt_id: QueueState(running=True, ahead=0) for prompt_id in running}
         states.update({item[1]: QueueState(running=False, ahead=len(running) + i) for i, item in enumerate(pending)})
+        if self._queue_cached is None or started >= self._queue_cached[0]:  # an older fetch never wins
+            self._queue_cached = (started, states)
         return states
 
     async def delete(self, prompt_id: str) -> None:

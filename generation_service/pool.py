@@ -106,7 +106,7 @@ class Member:
     client: PoolClient
     up: bool | None = None  # None until the first probe
     last_error: str = ""
-    queue_length: int = 0  # running + pending, as last seen
+    seen: set[str] = field(default_factory=set)  # prompts running or pending there, as last seen
     node_classes: frozenset[str] | None = None  # None: not known (yet)
     unseen: dict[str, float] = field(default_factory=dict)  # prompt id -> dispatch time, not yet in a snapshot
     runs: dict[str, LostCallback] = field(default_factory=dict)  # prompt id -> how to tell its run
@@ -119,12 +119,17 @@ class Member:
         return self.config.name
 
     @property
+    def queue_length(self) -> int:
+        """Prompts running or pending there: as last seen, plus ours sent since, less ours ended since."""
+        return len(self.seen) + len(self.unseen)
+
+    @property
     def load(self) -> float:
-        return (self.queue_length + len(self.unseen)) / self.config.weight
+        return self.queue_length / self.config.weight
 
     @property
     def full(self) -> bool:
-        return bool(self.config.max_queued) and self.queue_length + len(self.unseen) >= self.config.max_queued
+        return bool(self.config.max_queued) and self.queue_length >= self.config.max_queued
 
     def offers(self, classes: Iterable[str]) -> bool:
         return self.node_classes is None or all(c in self.node_classes for c in classes)
@@ -134,8 +139,9 @@ class Member:
         self.unseen.pop(prompt_id, None)
 
     def release(self, prompt_id: str) -> None:
-        """The run no longer follows a prompt here."""
+        """The run no longer follows a prompt here (it ended, or moved)."""
         self.unseen.pop(prompt_id, None)
+        self.seen.discard(prompt_id)
         self.runs.pop(prompt_id, None)
 
 
@@ -264,8 +270,8 @@ class BackendPool:
         try:
             taken = time.time()
             snapshot = await member.client.queue_snapshot(max_age_s=0)
-            member.queue_length = len(snapshot)
-            member.unseen = {p: t for p, t in member.unseen.items() if p not in snapshot or t > taken}
+            member.seen = set(snapshot)
+            member.unseen = {p: t for p, t in member.unseen.items() if p not in snapshot and t > taken}
             if member.node_classes is None:
                 member.node_classes = await member.client.node_classes()
             for prompt_id in list(member.deletes):
