@@ -44,11 +44,18 @@ class ComfyBackend:
     of the process."""
 
     def __init__(
-        self, base_url: str, *, backend_id: str = "", request_timeout_s: float = 30.0, retries: int = 3
+        self,
+        base_url: str,
+        *,
+        backend_id: str = "",
+        request_timeout_s: float = 30.0,
+        retries: int = 3,
+        headers: dict[str, str] | None = None,
     ) -> None:
+        """``headers``: sent on every request, the websocket upgrade included (SwarmUI credentials)."""
         self.base_url = base_url.rstrip("/")
         self.retries = retries
-        self._headers = {"X-Swarm-Backend-ID": backend_id} if backend_id else {}
+        self._headers = {**(headers or {}), **({"X-Swarm-Backend-ID": backend_id} if backend_id else {})}
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._download_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=request_timeout_s, sock_read=request_timeout_s

@@ -29,6 +29,7 @@ from generation_service.errors import (
     PoolFull,
 )
 from generation_service.metrics import Metrics
+from generation_service.swarm_discovery import Changes, SwarmDiscovery
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ def configs_from_file(path: Path) -> list[BackendConfig]:
     return configs
 
 
+def swarm_name(backend_id: int) -> str:
+    """The pool's name of a discovered SwarmUI backend (recorded as its runs' backend)."""
+    return f"swarm-{backend_id}"
+
+
 LostCallback = Callable[["Member"], None]
 
 
@@ -158,10 +164,11 @@ class BackendPool:
         probe_s: float = 5.0,
         down_after_s: float = 30.0,
         clients: dict[str, PoolClient] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """``clients``: ready-made clients by backend name (tests); the others are ComfyBackends."""
-        if not configs:
-            raise ValueError("a backend pool needs at least one backend")
+        """``clients``: ready-made clients by backend name (tests); the others are ComfyBackends, sending
+        ``headers`` on every request."""
+        self.headers = headers or {}
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
         self.retries = retries
@@ -181,6 +188,7 @@ class BackendPool:
                 backend_id=config.swarm_backend_id,
                 request_timeout_s=self.request_timeout_s,
                 retries=self.retries,
+                headers=self.headers,
             )
         member = Member(config, client)
         client.on_reconnect = lambda: self._reconnected(member)
@@ -233,6 +241,24 @@ class BackendPool:
         member.up = False
         self._tell_lost(member)
         await member.client.close()
+        self.on_health()
+
+    async def follow_swarm(self, discovery: SwarmDiscovery) -> None:
+        """Keep one backend per usable SwarmUI ComfyUI backend, as SwarmUI lists them (see apply_swarm)."""
+        async for changes in discovery.follow():
+            await self.apply_swarm(changes, discovery.proxy_url)
+
+    async def apply_swarm(self, changes: Changes, proxy_url: str) -> None:
+        """Backends SwarmUI added, removed, disabled, restarting or back: each usable one is a backend of
+        the pool (``swarm-<id>``, pinned by its id); one that stops being usable leaves the pool, so its
+        runs are moved or failed at once."""
+        removed = {b.id for b in changes.removed}
+        for backend in (*changes.removed, *changes.changed):
+            if backend.id in removed or not backend.usable:
+                await self.remove(swarm_name(backend.id))
+        for backend in (*changes.added, *changes.changed):
+            if backend.usable and backend.id not in removed:
+                await self.add(BackendConfig(swarm_name(backend.id), proxy_url, str(backend.id)))
         self.on_health()
 
     # -- watching each backend --------------------------------------------------------------------
@@ -297,6 +323,8 @@ class BackendPool:
     def choose(self, classes: frozenset[str], labels: frozenset[str] = frozenset(), exclude: str = "") -> Member:
         """The backend a new run goes to. Raises NoCapableBackend (no backend has all the node classes
         together, or the labels), BackendUnavailable (the capable ones are down) or PoolFull."""
+        if not self.members:
+            raise BackendUnavailable("no backend is known yet: SwarmUI has not listed any usable ComfyUI backend")
         members = [m for m in self.members.values() if m.name != exclude]
         labelled = [m for m in members if labels <= m.config.labels]
         if not labelled:

@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from comfy_generation.runstore import RunOptions, RunStore
 from generation_service.auth import BearerTokenInterceptor
+from generation_service.errors import GenerationError
 from generation_service.follower import FollowPolicy
 from generation_service.health import ServiceHealth, watching_health
 from generation_service.metrics import Metrics, serving_metrics
@@ -24,6 +26,7 @@ from generation_service.runner import Runner
 from generation_service.servicer import GenerationServicer
 from generation_service.settings import Settings
 from generation_service.storage_health import StorageHealth
+from generation_service.swarm_discovery import SwarmCredentials, SwarmDiscovery
 from generation_service.templating import TemplateCatalog, TemplateLoadError
 from generation_service.v1 import generation_pb2 as pb
 from generation_service.v1 import generation_pb2_grpc as pb_grpc
@@ -92,9 +95,11 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     check_runs_dir(settings)
     templates = load_templates(settings)
     metrics = Metrics()
+    credentials = SwarmCredentials(settings.swarm_authorization or None, settings.swarm_token or None)
     pool = BackendPool(
-        backend_configs(settings),
+        [] if settings.swarm_url else backend_configs(settings),
         metrics,
+        headers=credentials.headers() if settings.swarm_url else None,
         request_timeout_s=settings.request_timeout_seconds,
         retries=settings.backend_retries,
         probe_s=settings.health_check_seconds,
@@ -127,6 +132,8 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     async with contextlib.AsyncExitStack() as stack:
         await pool.start()
         stack.push_async_callback(pool.close)
+        if settings.swarm_url:
+            await stack.enter_async_context(following_swarm(pool, settings, credentials))
         await stack.enter_async_context(storage.probing())
         resumed = await runner.recover()
         stack.push_async_callback(runner.close)
@@ -144,6 +151,24 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         finally:
             await health_servicer.enter_graceful_shutdown()  # probes see NOT_SERVING while calls drain
             await server.stop(settings.shutdown_grace_seconds)
+
+
+@contextlib.asynccontextmanager
+async def following_swarm(pool: BackendPool, settings: Settings, credentials: SwarmCredentials) -> AsyncIterator[None]:
+    """Discover SwarmUI's ComfyUI backends now (so that runs can be resumed on them) and follow them."""
+    async with aiohttp.ClientSession() as http:
+        discovery = SwarmDiscovery(http, settings.swarm_url, credentials, settings.swarm_refresh_seconds)
+        try:
+            await pool.apply_swarm(await discovery.refresh(), discovery.proxy_url)
+        except GenerationError as exc:  # logged; follow() tries again every refresh interval
+            logger.error("SwarmUI at %s did not list its backends: %s", discovery.proxy_url, exc)
+        task = asyncio.create_task(pool.follow_swarm(discovery), name="swarm-discovery")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def backend_configs(settings: Settings) -> list[BackendConfig]:

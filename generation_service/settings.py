@@ -19,6 +19,12 @@ HELP = {
     "http://swarm:7801/ComfyBackendDirect (through SwarmUI) or http://comfy:8188",
     "backends_file": "TOML file describing the pool's backends one by one ([[backend]] name, url, and optionally "
     "swarm_backend_id, weight, max_queued, labels); replaces backend_url",
+    "swarm_url": "SwarmUI base URL (http://swarm:7801): its ComfyUI backends, listed through its API, become "
+    "the pool (each pinned with X-Swarm-Backend-ID) and are followed as they change; replaces backend_url",
+    "swarm_authorization": "Authorization header value SwarmUI requires, sent on every request to it (set it "
+    "through the environment)",
+    "swarm_token": "swarm_token cookie of the SwarmUI account the service acts as (set it through the environment)",
+    "swarm_refresh_seconds": "how often SwarmUI's backend list is read again",
     "backend_down_seconds": "how long a backend may answer neither its probe nor its websocket before its queued "
     "runs move to another backend and its executing runs fail (or retry, when the request allows it)",
     "swarm_backend_id": "pin one SwarmUI backend: sent as X-Swarm-Backend-ID on every request, websocket included",
@@ -54,6 +60,8 @@ HELP = {
 
 # How --help shows a default that is not meant to be read as a value (an install-dependent path).
 DEFAULT_SHOWN = {"templates_dir": "the templates shipped with the package"}
+# Settings that hold secrets: --help never prints their value, set or not.
+SECRETS = frozenset({"auth_tokens", "media_signing_secret", "swarm_authorization", "swarm_token"})
 
 _CONVERTERS: dict[str, Callable[[str], object]] = {"float": float, "int": int, "Path": Path}
 
@@ -66,6 +74,10 @@ class Settings:
     backend_url: str = "http://127.0.0.1:8188"
     swarm_backend_id: str = ""
     backends_file: str = ""
+    swarm_url: str = ""
+    swarm_authorization: str = ""
+    swarm_token: str = ""
+    swarm_refresh_seconds: float = 10.0
     backend_down_seconds: float = 30.0
     runs_dir: Path = Path("exports/json")
     listen: str = "127.0.0.1:50051"
@@ -155,6 +167,8 @@ class Settings:
             env = ENV_PREFIX + f.name.upper()
             default = environ.get(env, str(f.default))
             shown = DEFAULT_SHOWN.get(f.name, "%(default)s") if default == str(f.default) else "%(default)s"
+            if f.name in SECRETS:
+                shown = "set" if default else "empty"
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
                 default=default,

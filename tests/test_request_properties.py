@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from comfy_simulator import SimulatorSettings, running
 from error_helpers import STATUS_BUDGET_BYTES, details_bin, rich_status, sent_bytes
 from generation_service.server import running_service
+from generation_service.settings import SHIPPED_TEMPLATES_DIR
 from generation_service.v1 import generation_pb2 as pb
 from generation_service.v1 import generation_pb2_grpc as pb_grpc
-from stack_helpers import REPO, WORKFLOWS, service_settings
+from stack_helpers import WORKFLOWS, service_settings
 
 if TYPE_CHECKING:
     from generation_service.v1.generation_pb2_grpc import GenerationServiceAsyncStub
@@ -101,10 +102,15 @@ async def check_generate(stub: GenerationServiceAsyncStub, request: pb.GenerateR
 # --- strategies -----------------------------------------------------------------------------------------
 
 IMAGE = json.loads((WORKFLOWS / "image.json").read_text())
-TEMPLATES = sorted(p.name.removesuffix(".template.json") for p in Path(REPO / "templates").glob("*.template.json"))
+TEMPLATES = sorted(p.name.removesuffix(".template.json") for p in Path(SHIPPED_TEMPLATES_DIR).glob("*.template.json"))
 PARAM_NAMES = sorted(
-    {name for p in Path(REPO / "templates").glob("*.template.json") for name in json.loads(p.read_text())["parameters"]}
+    {
+        name
+        for p in Path(SHIPPED_TEMPLATES_DIR).glob("*.template.json")
+        for name in json.loads(p.read_text())["parameters"]
+    }
 )
+assert TEMPLATES and PARAM_NAMES, "no shipped templates found"
 CLASS_TYPES = ["EmptyImage", "SimulatedSampler", "SaveImage", "PreviewImage", "EmptyAudio", "SaveAudioMP3", "LoadImage"]
 INPUT_NAMES = ["width", "height", "batch_size", "color", "images", "filename_prefix", "steps", "seconds", "image"]
 
