@@ -127,7 +127,20 @@ async def cmd_describe(client: AsyncGenerationClient, args: argparse.Namespace) 
     return print_json(message_to_json(await client.describe(args.name)))
 
 
+async def cmd_backends(client: AsyncGenerationClient, args: argparse.Namespace) -> int:
+    backends = await client.backends()
+    if args.json:
+        return print_json([message_to_json(b) for b in backends])
+    print(f"{'NAME':<24} {'STATE':<5} {'QUEUE':>5} {'HERE':>4} {'NODES':>5}  URL / LAST ERROR")
+    for b in backends:
+        state = "up" if b.up else "down"
+        where = b.url + (f"  [{b.last_error}]" if b.last_error else "")
+        print(f"{b.name:<24} {state:<5} {b.queue_length:>5} {b.runs_in_flight:>4} {b.node_class_count:>5}  {where}")
+    return EXIT_COMPLETED
+
+
 COMMANDS = {
+    "backends": cmd_backends,
     "generate": cmd_generate,
     "submit": cmd_submit,
     "watch": cmd_watch,
@@ -208,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     templates = commands.add_parser("templates", help="list the templates in service", parents=[common])
     templates.add_argument("--json", action="store_true", help="print them as JSON, with parameters")
     commands.add_parser("describe", help="print a template's parameters", parents=[common]).add_argument("name")
+    backends = commands.add_parser("backends", help="list the service's backends and their state", parents=[common])
+    backends.add_argument("--json", action="store_true", help="print them as JSON")
     return top
 
 

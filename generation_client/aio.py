@@ -112,6 +112,11 @@ class AsyncGenerationClient:
         reply = await self._unary(self._stub.ListTemplates(pb.ListTemplatesRequest(), metadata=self._metadata))
         return list(reply.templates)
 
+    async def backends(self) -> list[pb.Backend]:
+        """The backends of the service's pool, and what it knows of each."""
+        reply = await self._unary(self._stub.ListBackends(pb.ListBackendsRequest(), metadata=self._metadata))
+        return list(reply.backends)
+
     async def describe(self, name: str) -> pb.Template:
         request = pb.DescribeTemplateRequest(name=name)
         return await self._unary(self._stub.DescribeTemplate(request, metadata=self._metadata))

@@ -88,6 +88,11 @@ class GenerationClient:
         reply: pb.ListTemplatesResponse = self._unary(self._stub.ListTemplates, pb.ListTemplatesRequest())
         return list(reply.templates)
 
+    def backends(self) -> list[pb.Backend]:
+        """The backends of the service's pool, and what it knows of each."""
+        reply: pb.ListBackendsResponse = self._unary(self._stub.ListBackends, pb.ListBackendsRequest())
+        return list(reply.backends)
+
     def describe(self, name: str) -> pb.Template:
         return self._unary(self._stub.DescribeTemplate, pb.DescribeTemplateRequest(name=name))
 

@@ -52,7 +52,7 @@ def port_of(listen: str) -> str:
 
 
 def test_the_services_and_their_commands():
-    assert set(SERVICES) == {"generation-service", "media-gateway", "nginx", "simulator"}
+    assert set(SERVICES) == {"generation-service", "media-gateway", "nginx", "simulator", "simulator-2"}
     assert SERVICES["generation-service"]["command"] == ["python", "-m", "generation_service"]
     assert SERVICES["media-gateway"]["command"] == ["python", "-m", "media_gateway"]
     assert SERVICES["simulator"]["command"][:3] == ["python", "-m", "comfy_simulator"]
@@ -94,6 +94,7 @@ def test_ports_match_the_settings_and_metrics_stay_on_loopback():
     gateway_port = port_of(gateway["MEDIA_GATEWAY_LISTEN"])
     assert SERVICES["media-gateway"]["ports"] == [f"127.0.0.1:{gateway_port}:{gateway_port}"]
     assert SERVICES["simulator"]["ports"] == ["127.0.0.1:8188:8188"]
+    assert SERVICES["simulator-2"]["ports"] == ["127.0.0.1:8189:8188"]
     assert "location = /metrics" in NGINX_CONF  # not served on the public port
 
 
@@ -103,17 +104,20 @@ def test_every_service_has_a_health_check():
     gateway_port = port_of(environment("media-gateway")["MEDIA_GATEWAY_LISTEN"])
     assert f"http://127.0.0.1:{gateway_port}/readyz" in checks["media-gateway"]
     assert "http://127.0.0.1:8080/readyz" in checks["nginx"]
-    assert "/system_stats" in checks["simulator"]
+    assert "/system_stats" in checks["simulator"] and "/system_stats" in checks["simulator-2"]
     for name in SERVICES:
         assert {"interval", "timeout", "retries"} <= set(SERVICES[name]["healthcheck"]), name
 
 
-def test_the_simulator_runs_only_under_its_profile():
-    assert SERVICES["simulator"]["profiles"] == ["simulator"]
-    assert all("profiles" not in SERVICES[name] for name in SERVICES if name != "simulator")
+def test_the_simulators_run_only_under_their_profile_and_make_the_default_pool():
+    simulators = ("simulator", "simulator-2")
+    assert all(SERVICES[name]["profiles"] == ["simulator"] for name in simulators)
+    assert all("profiles" not in SERVICES[name] for name in SERVICES if name not in simulators)
     assert all("simulator" not in str(SERVICES[name].get("depends_on", "")) for name in SERVICES)
     backend = SERVICES["generation-service"]["environment"]["GENERATION_BACKEND_URL"]
-    assert backend == "${GENERATION_BACKEND_URL:-http://simulator:8188/ComfyBackendDirect}"  # overridable
+    pool = "http://simulator:8188/ComfyBackendDirect,http://simulator-2:8188"
+    assert backend == "${GENERATION_BACKEND_URL:-" + pool + "}"  # overridable
+    assert ServiceSettings(backend_url=pool)  # a valid pool for the service
 
 
 def test_environment_names_are_settings_of_their_process():

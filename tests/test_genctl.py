@@ -137,3 +137,15 @@ async def test_genctl_submit_watch_get_list_cancel(stack: Stack, tmp_path: Path)
     assert code == 0 and json.loads(out)["status"] == "completed"  # finished runs stay as they are
     code, _, err = await genctl(stack, "get", UNKNOWN_RUN)
     assert code == 2 and "NOT_FOUND" in err
+
+
+async def test_genctl_backends_shows_each_backend(stack: Stack) -> None:
+    code, out, _ = await genctl(stack, "backends")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split()[:5] == ["NAME", "STATE", "QUEUE", "HERE", "NODES"]
+    name, state, queue, here, nodes, url = row.split()
+    assert (name, state, url) == (stack.sim.comfy_url, "up", stack.sim.comfy_url) and int(nodes) > 10
+    code, out, _ = await genctl(stack, "backends", "--json")
+    (backend,) = json.loads(out)
+    assert backend["name"] == stack.sim.comfy_url and backend["up"] is True

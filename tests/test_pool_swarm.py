@@ -55,6 +55,7 @@ async def test_discovered_backends_are_pinned_on_every_request(swarm: Simulator,
         ("swarm-0", "0", True),
         ("swarm-1", "1", True),
     ]
+
     async def one() -> list[pb.RunEvent]:
         return [e async for e in stub.Generate(pb.GenerateRequest(workflow_json=sampler(steps=6, seconds=1.0)))]
 
