@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only 1,2a,2b,3,4] [--out bench-results.json]``"""
+"""``python -m benchmarks [--quick] [--only 1,2a,2b,3,4,5] [--out bench-results.json]``"""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks import common, gateway, overhead, streams, transfer
+from benchmarks import common, gateway, overhead, pool, streams, transfer
 from benchmarks.common import PROCESSES, Row, raise_fd_limit, render_table, rows_to_json, wait_for_quiet
 
-SCENARIOS = ("1", "2a", "2b", "3", "4")
+SCENARIOS = ("1", "2a", "2b", "3", "4", "5")
 FULL: dict[str, Any] = {
     "runs": 300,
     "streams": 1000,
@@ -36,6 +36,8 @@ FULL: dict[str, Any] = {
     "transfer_repeats": 2,
     "gateway_seconds": 5.0,
     "gateway_scale": 1.0,
+    "pool_runs": 60,
+    "pool_seconds": 0.5,
 }
 QUICK: dict[str, Any] = {
     "runs": 40,
@@ -53,6 +55,8 @@ QUICK: dict[str, Any] = {
     "transfer_repeats": 1,
     "gateway_seconds": 1.0,
     "gateway_scale": 0.125,
+    "pool_runs": 12,
+    "pool_seconds": 0.2,
 }
 
 
@@ -144,6 +148,7 @@ def main() -> int:
         ),
         ("3", lambda: transfer.run(work, sizes["transfer_mb"], sizes["transfer_repeats"])),
         ("4", lambda: gateway.run(work, sizes["gateway_seconds"], (16, 64), sizes["gateway_scale"])),
+        ("5", lambda: pool.run(work, sizes["pool_runs"], 5, sizes["pool_seconds"])),
     ]
     try:
         for name, scenario in plan:
