@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +163,7 @@ class BackendPool:
         retries: int = 3,
         probe_s: float = 5.0,
         down_after_s: float = 30.0,
-        clients: dict[str, PoolClient] | None = None,
+        clients: Mapping[str, PoolClient] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         """``clients``: ready-made clients by backend name (tests); the others are ComfyBackends, sending

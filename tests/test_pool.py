@@ -90,7 +90,7 @@ async def simulators(tmp_path: Path) -> AsyncIterator[SimFactory]:
 @contextlib.asynccontextmanager
 async def pool_service(
     tmp_path: Path, urls: list[str], **overrides: Any
-) -> AsyncIterator[pb_grpc.GenerationServiceStub]:
+) -> AsyncIterator[Any]:
     settings = service_settings(
         tmp_path,
         "http://127.0.0.1:8080",
