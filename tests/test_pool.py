@@ -88,9 +88,7 @@ async def simulators(tmp_path: Path) -> AsyncIterator[SimFactory]:
 
 
 @contextlib.asynccontextmanager
-async def pool_service(
-    tmp_path: Path, urls: list[str], **overrides: Any
-) -> AsyncIterator[Any]:
+async def pool_service(tmp_path: Path, urls: list[str], **overrides: Any) -> AsyncIterator[Any]:
     settings = service_settings(
         tmp_path,
         "http://127.0.0.1:8080",
