@@ -39,6 +39,15 @@ _RECONNECT_MAX_S = 5.0
 _STABLE_CONNECTION_S = 10.0
 
 
+def public_url(base_url: str) -> str:
+    """``base_url`` without credentials, query or trailing slash: how records and events name a backend."""
+    parts = urlsplit(base_url.rstrip("/"))
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class ComfyBackend:
     """HTTP + websocket client of one ComfyUI (the ``Backend`` protocol); safe to share between all runs
     of the process."""
@@ -76,11 +85,7 @@ class ComfyBackend:
     @property
     def public_url(self) -> str:
         """The base URL without credentials, for metadata and events."""
-        parts = urlsplit(self.base_url)
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        return public_url(self.base_url)
 
     @property
     def connected(self) -> bool:

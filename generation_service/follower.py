@@ -290,8 +290,7 @@ class Follower:
         if self.member is not None:
             self.pool.metrics.failovers.labels(backend=self.member.name).inc()
             self.member.release(self.sub.prompt_id)
-            if self.started_at is None:
-                self.member.deletes.add(self.sub.prompt_id)  # taken back: removed once the backend answers
+            self.member.deletes.add(self.sub.prompt_id)  # taken back: cancelled there once it answers again
         try:
             target = self.pool.choose(frozenset(n.class_type for n in self.nodes.values()), self._labels, name)
         except GenerationError as exc:

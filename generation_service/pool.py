@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generation_service.backend import PoolClient
-from generation_service.comfy_backend import ComfyBackend
+from generation_service.backend import PoolClient, cancel_prompt
+from generation_service.comfy_backend import ComfyBackend, public_url
 from generation_service.errors import (
     BackendUnavailable,
     GenerationError,
@@ -51,8 +51,7 @@ def configs_from_urls(urls: str, swarm_backend_id: str = "") -> list[BackendConf
     configs = []
     for url in (u.strip() for u in urls.split(",")):
         if url:
-            client = ComfyBackend(url)  # only to name it by its credential-free URL
-            configs.append(BackendConfig(client.public_url, url, swarm_backend_id))
+            configs.append(BackendConfig(public_url(url), url, swarm_backend_id))
     if len({c.name for c in configs}) != len(configs):
         raise ValueError("backend_url: the same backend is listed twice")
     return configs
@@ -116,7 +115,7 @@ class Member:
     node_classes: frozenset[str] | None = None  # None: not known (yet)
     unseen: dict[str, float] = field(default_factory=dict)  # prompt id -> dispatch time, not yet in a snapshot
     runs: dict[str, LostCallback] = field(default_factory=dict)  # prompt id -> how to tell its run
-    deletes: set[str] = field(default_factory=set)  # prompts to remove from its queue once it answers
+    deletes: set[str] = field(default_factory=set)  # prompts taken off it: cancelled there once it answers
     down_since: float | None = None
     lost: bool = False
 
@@ -292,7 +291,7 @@ class BackendPool:
             self._tell_lost(member)
 
     async def _refresh(self, member: Member) -> None:
-        """Queue snapshot, node classes when not known, and queue deletes owed since it was lost."""
+        """Queue snapshot, node classes when not known, and the cancels owed since it was lost."""
         try:
             taken = time.time()
             snapshot = await member.client.queue_snapshot(max_age_s=0)
@@ -301,7 +300,7 @@ class BackendPool:
             if member.node_classes is None:
                 member.node_classes = await member.client.node_classes()
             for prompt_id in list(member.deletes):
-                await member.client.delete(prompt_id)
+                await cancel_prompt(member.client, prompt_id)  # out of its queue, or interrupted
                 member.deletes.discard(prompt_id)
             member.last_error = ""
         except GenerationError as exc:
