@@ -113,6 +113,10 @@ class PoolFull(TooManyRuns):
     """Every backend that could take the run already holds as many queued runs as it may."""
 
 
+class RedisUnavailable(GenerationError):
+    """Replica mode: the shared Redis does not answer; runs already going carry on."""
+
+
 class DiscoveryRefused(GenerationError):
     """SwarmUI refused to list its backends: the Authorization header or ``swarm_token`` cookie it needs is
     missing or wrong, or its user lacks a permission. Retrying does not help until the configuration changes."""

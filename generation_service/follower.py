@@ -33,7 +33,7 @@ from generation_service.comfy_replies import HistoryEntry
 from generation_service.errors import BackendUnavailable, GenerationError
 from generation_service.metrics import Metrics
 from generation_service.pool import BackendPool, Member
-from generation_service.run_handle import BackendLost, CancelRequest, RunHandle, StorageFailure
+from generation_service.run_handle import BackendLost, CancelRequest, Deposed, RunHandle, StorageFailure
 from generation_service.run_summary import stored_outputs
 from generation_service.run_writer import RunWriter
 
@@ -68,6 +68,10 @@ class FollowPolicy:
         """An output's gateway URL; signed, and valid for ``url_ttl_s``, when a secret is set."""
         expires = int(time.time() + self.url_ttl_s)
         return output_url(self.media_base_url, kind, run_id, index, secret=self.signing_secret, expires=expires)
+
+
+class _Deposed(Exception):
+    """Another replica took the run over: stop without writing, cancelling or moving anything."""
 
 
 class Follower:
@@ -111,6 +115,9 @@ class Follower:
     async def run(self) -> None:
         try:
             outcome = await self._follow()
+        except _Deposed:
+            logger.warning("run %s was taken over by another replica; no longer followed here", self.handle.run_id)
+            return
         except BackendUnavailable as exc:
             outcome = ev.Failed(ev.FailureCode.BACKEND_UNAVAILABLE, str(exc))
         except Exception as exc:
@@ -132,6 +139,7 @@ class Follower:
             with contextlib.suppress(GenerationError):  # informative only: the run goes on without it
                 await self._report_position(await self.backend.queue_state(self.sub.prompt_id))
         while True:
+            self._check_owner()
             expired = self._expired()
             if expired:
                 return await self._expire(expired)
@@ -144,6 +152,8 @@ class Follower:
 
     async def _on_item(self, item: object) -> Outcome | None:
         """One item of the run's inbox: a control request, a socket loss, or a websocket frame."""
+        if isinstance(item, Deposed):
+            raise _Deposed
         if isinstance(item, CancelRequest):
             return await self._stop(ev.Cancelled(item.reason))
         if isinstance(item, StorageFailure):
@@ -278,6 +288,7 @@ class Follower:
     async def _backend_lost(self, name: str) -> Outcome | None:
         """The run's backend stopped answering: a queued run moves to another backend; an executing one
         fails, or starts over elsewhere once when the request allowed it. None: the run goes on."""
+        self._check_owner()
         record = self.writer.record
         lost = ev.Failed(ev.FailureCode.BACKEND_LOST, f"backend {name} stopped answering while the run executed")
         if self.started_at is not None and (record.retried or not self.options.retry_on_backend_loss):
@@ -337,6 +348,10 @@ class Follower:
         )
         return None
 
+    def _check_owner(self) -> None:
+        if not self.writer.may_write():
+            raise _Deposed
+
     def _on_lost(self, member: Member) -> None:
         self.handle.inbox.put_nowait(BackendLost(member.name))
 
@@ -353,6 +368,7 @@ class Follower:
 
     async def _stop(self, outcome: ev.Failed | ev.Cancelled) -> Outcome:
         """Cancel the backend job, then wait (bounded) until the backend no longer runs or queues it."""
+        self._check_owner()
         with contextlib.suppress(GenerationError):
             await cancel_prompt(self.backend, self.sub.prompt_id)
         give_up = time.time() + self.policy.cancel_confirm_s
@@ -435,6 +451,7 @@ class Follower:
             ref = download.ref
             if (download.node_id, ref.filename, ref.subfolder, ref.type) in done:
                 continue  # stored before a restart
+            self._check_owner()
             try:
                 async with self.policy.downloads:
                     await self._stage(download)

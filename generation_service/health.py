@@ -1,4 +1,5 @@
-"""gRPC health that tells the truth: SERVING only while a backend answers and run storage takes writes."""
+"""gRPC health that tells the truth: SERVING only while a backend answers, run storage takes writes and,
+in replica mode, Redis answers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from grpc_health.v1 import health, health_pb2
 
 from generation_service.pool import BackendPool
+from generation_service.replicas.link import RedisLink
 from generation_service.storage_health import StorageHealth
 
 logger = logging.getLogger(__name__)
@@ -23,9 +25,15 @@ class ServiceHealth:
     writes. The pool and the storage call ``changed`` when their state changes."""
 
     def __init__(
-        self, servicer: health.aio.HealthServicer, names: tuple[str, ...], pool: BackendPool, storage: StorageHealth
+        self,
+        servicer: health.aio.HealthServicer,
+        names: tuple[str, ...],
+        pool: BackendPool,
+        storage: StorageHealth,
+        redis: RedisLink | None = None,
     ) -> None:
         self.servicer = servicer
+        self.redis = redis
         self.names = names
         self.pool = pool
         self.storage = storage
@@ -33,9 +41,11 @@ class ServiceHealth:
         self._changed = asyncio.Event()
         storage.on_change = lambda ok: self._changed.set()
         pool.on_health = self._changed.set
+        if redis is not None:
+            redis.on_change = self._changed.set
 
     async def apply(self) -> None:
-        serving = self.pool.any_up and self.storage.ok
+        serving = self.pool.any_up and self.storage.ok and (self.redis is None or self.redis.up)
         if serving is not self._serving:
             logger.log(
                 logging.INFO if serving else logging.WARNING, "health: %s", "SERVING" if serving else "NOT_SERVING"

@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from generation_service.backend import PoolClient, cancel_prompt
 from generation_service.comfy_backend import ComfyBackend, public_url
@@ -103,6 +104,15 @@ def swarm_name(backend_id: int) -> str:
 LostCallback = Callable[["Member"], None]
 
 
+class LoadShare(Protocol):
+    """Where replicas share the runs they dispatched (replica mode): told of each dispatch and of each
+    prompt that started or ended; ``Member.elsewhere`` holds what the other replicas dispatched."""
+
+    def dispatched(self, backend: str, prompt_id: str) -> None: ...
+
+    def gone(self, backend: str, prompt_id: str) -> None: ...
+
+
 @dataclass(eq=False)
 class Member:
     """One backend of the pool and what the pool knows of it."""
@@ -114,6 +124,8 @@ class Member:
     seen: set[str] = field(default_factory=set)  # prompts running or pending there, as last seen
     node_classes: frozenset[str] | None = None  # None: not known (yet)
     unseen: dict[str, float] = field(default_factory=dict)  # prompt id -> dispatch time, not yet in a snapshot
+    elsewhere: set[str] = field(default_factory=set)  # dispatched by other replicas, not yet in a snapshot
+    share: LoadShare | None = None
     runs: dict[str, LostCallback] = field(default_factory=dict)  # prompt id -> how to tell its run
     deletes: set[str] = field(default_factory=set)  # prompts taken off it: cancelled there once it answers
     down_since: float | None = None
@@ -125,8 +137,9 @@ class Member:
 
     @property
     def queue_length(self) -> int:
-        """Prompts running or pending there: as last seen, plus ours sent since, less ours ended since."""
-        return len(self.seen) + len(self.unseen)
+        """Prompts running or pending there: as last seen, plus those sent since (by any replica), less ours
+        ended since."""
+        return len(self.seen) + len(self.unseen) + len(self.elsewhere)
 
     @property
     def load(self) -> float:
@@ -142,10 +155,12 @@ class Member:
     def started(self, prompt_id: str) -> None:
         """The run began executing (or ended): it no longer waits in this backend's queue."""
         self.unseen.pop(prompt_id, None)
+        if self.share is not None:
+            self.share.gone(self.name, prompt_id)
 
     def release(self, prompt_id: str) -> None:
         """The run no longer follows a prompt here (it ended, or moved)."""
-        self.unseen.pop(prompt_id, None)
+        self.started(prompt_id)
         self.seen.discard(prompt_id)
         self.runs.pop(prompt_id, None)
 
@@ -177,6 +192,7 @@ class BackendPool:
         self._round_robin = itertools.count()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.on_health: Callable[[], None] = lambda: None
+        self.share: LoadShare | None = None
         for config in configs:
             self._add(config, clients.get(config.name) if clients else None)
 
@@ -189,10 +205,16 @@ class BackendPool:
                 retries=self.retries,
                 headers=self.headers,
             )
-        member = Member(config, client)
+        member = Member(config, client, share=self.share)
         client.on_reconnect = lambda: self._reconnected(member)
         self.members[config.name] = member
         return member
+
+    def share_load(self, share: LoadShare) -> None:
+        """Count the runs other replicas dispatch (replica mode)."""
+        self.share = share
+        for member in self.members.values():
+            member.share = share
 
     @property
     def any_up(self) -> bool:
@@ -297,6 +319,7 @@ class BackendPool:
             snapshot = await member.client.queue_snapshot(max_age_s=0)
             member.seen = set(snapshot)
             member.unseen = {p: t for p, t in member.unseen.items() if p not in snapshot and t > taken}
+            member.elsewhere -= member.seen
             if member.node_classes is None:
                 member.node_classes = await member.client.node_classes()
             for prompt_id in list(member.deletes):
@@ -360,3 +383,5 @@ class BackendPool:
         if not resumed:
             member.unseen[prompt_id] = time.time()
             self.metrics.dispatched.labels(backend=member.name).inc()
+            if member.share is not None:
+                member.share.dispatched(member.name, prompt_id)

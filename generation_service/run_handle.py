@@ -4,9 +4,9 @@ by any number of watchers, each from any point."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from comfy_generation.runstore import events as ev
 from generation_service.run_writer import RunWriter
@@ -26,6 +26,11 @@ class BackendLost:
         self.backend = backend
 
 
+class Deposed:
+    """Put in a run's inbox when another replica took the run over: the follower stops at once, writing
+    nothing and leaving the prompt alone."""
+
+
 class StorageFailure:
     """Put in a run's inbox when its writer could not write: the run fails with a storage error."""
 
@@ -33,23 +38,24 @@ class StorageFailure:
         self.message = message
 
 
-class RunHandle:
-    """Events of a run in memory, journaled through its writer; ``inbox`` feeds the run's follower."""
+class RunView(Protocol):
+    """What a caller that started a run holds: the run followed here, or by another replica."""
 
-    def __init__(
-        self, run_id: str, inbox: asyncio.Queue[Any], writer: RunWriter | None, past: Sequence[ev.RunEvent] = ()
-    ) -> None:
-        self.run_id = run_id
-        self.inbox = inbox
-        self.writer = writer
+    @property
+    def run_id(self) -> str: ...
+
+    def events(self, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]: ...
+
+    def cancel(self, reason: str) -> None: ...
+
+
+class EventLog:
+    """A run's events in memory, numbered from 1, readable by any number of watchers from any point."""
+
+    def __init__(self, past: Sequence[ev.RunEvent] = ()) -> None:
         self._events: list[ev.RunEvent] = list(past)
         self._wakeup = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    @classmethod
-    def replay(cls, run_id: str, past: Sequence[ev.RunEvent]) -> RunHandle:
-        """A read-only handle over the persisted events of a run that is not live."""
-        return cls(run_id, asyncio.Queue(), None, past)
+        self.closed = False  # no more events will come here (the run ended, or is followed elsewhere)
 
     @property
     def finished(self) -> bool:
@@ -63,18 +69,20 @@ class RunHandle:
     def history(self) -> Sequence[ev.RunEvent]:
         return self._events
 
-    def publish(self, body: ev.EventBody) -> ev.RunEvent:
-        if self.finished or self.writer is None:
-            raise RuntimeError(f"run {self.run_id} is not live; cannot publish {type(body).__name__}")
-        event = ev.RunEvent(self.run_id, len(self._events) + 1, datetime.now(UTC), body)
-        self.writer.journal(event)  # never raises: a failed write reaches the follower through its inbox
+    def append(self, event: ev.RunEvent) -> None:
         self._events.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
         wakeup, self._wakeup = self._wakeup, asyncio.Event()
         wakeup.set()
-        return event
 
     async def events(self, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
-        """Every event after ``after_seq``, then live ones, until the terminal event."""
+        """Every event after ``after_seq``, then live ones, until the terminal event (or ``close``)."""
         index = max(0, after_seq)
         while True:
             while index < len(self._events):
@@ -83,9 +91,62 @@ class RunHandle:
                 yield event
                 if event.is_terminal:
                     return
-            if self.finished or self.writer is None:
-                return  # nothing more will come: ended, or a replay of a run that is not live
+            if self.finished or self.closed:
+                return
             await self._wakeup.wait()
+
+
+class RunHandle:
+    """A run followed by this process: its event log, journaled through its writer before anyone sees an
+    event; ``inbox`` feeds the run's follower."""
+
+    def __init__(
+        self, run_id: str, inbox: asyncio.Queue[Any], writer: RunWriter | None, past: Sequence[ev.RunEvent] = ()
+    ) -> None:
+        self.run_id = run_id
+        self.inbox = inbox
+        self.writer = writer
+        self.log = EventLog(past)
+        if writer is None:
+            self.log.close()
+        self.task: asyncio.Task[None] | None = None
+        self.on_publish: Callable[[ev.RunEvent], None] = lambda event: None
+
+    @classmethod
+    def replay(cls, run_id: str, past: Sequence[ev.RunEvent]) -> RunHandle:
+        """A read-only handle over the persisted events of a run that is not live."""
+        return cls(run_id, asyncio.Queue(), None, past)
+
+    @property
+    def finished(self) -> bool:
+        return self.log.finished
+
+    @property
+    def last_seq(self) -> int:
+        return self.log.last_seq
+
+    @property
+    def history(self) -> Sequence[ev.RunEvent]:
+        return self.log.history
+
+    def publish(self, body: ev.EventBody) -> ev.RunEvent | None:
+        """Journal the event, then show it. None: the run is no longer this process's to write (another
+        replica took it over), and nothing was written or shown."""
+        if self.finished or self.writer is None:
+            raise RuntimeError(f"run {self.run_id} is not live; cannot publish {type(body).__name__}")
+        if self.writer.deposed:
+            return None
+        event = ev.RunEvent(self.run_id, self.last_seq + 1, datetime.now(UTC), body)
+        self.writer.journal(event)  # never raises: a failed write reaches the follower through its inbox
+        if self.writer.deposed:
+            return None
+        self.log.append(event)
+        self.on_publish(event)
+        return event
+
+    def events(self, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
+        """Every event after ``after_seq``, then live ones, until the terminal event."""
+        return self.log.events(after_seq)
 
     def cancel(self, reason: str) -> None:
         """Ask the run to stop; it ends ``cancelled`` unless it ends otherwise first."""

@@ -65,7 +65,7 @@ class RunIndex:
         size = page_size or DEFAULT_PAGE
         if not 1 <= size <= MAX_PAGE:
             raise InvalidRequest(f"page_size must be between 1 and {MAX_PAGE}")
-        after = _decode_token(page_token)
+        after = decode_token(page_token)
         ordered = sorted(
             ((e.created, run_id) for run_id, e in self._entries.items() if not statuses or e.status in statuses),
             reverse=True,
@@ -103,7 +103,7 @@ def token_after(created: str, run_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([created, run_id]).encode()).decode()
 
 
-def _decode_token(token: str) -> tuple[str, str] | None:
+def decode_token(token: str) -> tuple[str, str] | None:
     if not token:
         return None
     try:

@@ -55,14 +55,28 @@ class NewRun:
 
 
 class RunWriter:
-    """Owns one run folder. Only the runner that owns the run holds one."""
+    """Owns one run folder. Only the runner that owns the run holds one.
 
-    def __init__(self, store: RunStore, record: RunRecord, storage: StorageHealth) -> None:
+    ``still_owner`` (replica mode) is asked before every write: once it says no, another replica has
+    taken the run over, and this writer is *deposed*: it writes nothing more, ever, and tells the run
+    once through ``on_deposed``.
+    """
+
+    def __init__(
+        self,
+        store: RunStore,
+        record: RunRecord,
+        storage: StorageHealth,
+        still_owner: Callable[[], bool] | None = None,
+    ) -> None:
         self.store = store
         self.record = record
         self.storage = storage
+        self.still_owner = still_owner
+        self.deposed = False
         self.on_change: Callable[[RunRecord], None] = lambda record: None
         self.on_failure: Callable[[str], None] = lambda message: None
+        self.on_deposed: Callable[[], None] = lambda: None
         self.failure = ""  # set by the first write that failed; cleared by settle()
         self._journal: JournalWriter | None = None
         self._unjournaled: list[RunEvent] = []
@@ -74,6 +88,17 @@ class RunWriter:
     @property
     def run_id(self) -> str:
         return self.record.run_id
+
+    def may_write(self) -> bool:
+        """Whether this writer still owns the run (always, outside replica mode)."""
+        if self.deposed:
+            return False
+        if self.still_owner is None or self.still_owner():
+            return True
+        self.deposed = True
+        self.close()
+        self.on_deposed()
+        return False
 
     # -- creating and resuming (blocking: call on a worker thread) --------------------------------
 
@@ -141,6 +166,8 @@ class RunWriter:
 
     def journal(self, event: RunEvent) -> None:
         """Append an event before anyone sees it; while storage fails, keep it for ``settle``."""
+        if not self.may_write():
+            return
         if self._journal is None or self.failure:
             self._unjournaled.append(event)
             return
@@ -169,6 +196,8 @@ class RunWriter:
         journal already has every step, and a run's progress must never wait for a disk. Readers see a
         whole file either way.
         """
+        if not self.may_write():
+            return
         self.record = dataclasses.replace(self.record, **changes)
         self.on_change(self.record)
         if durable:
@@ -205,6 +234,8 @@ class RunWriter:
         if self.failure:
             return  # settle() writes the latest record
         async with self._lock:
+            if not self.may_write():
+                return
             text = record_text(self.record)  # serialised here: later changes must not race the writer thread
             try:
                 await asyncio.to_thread(write_text_atomic, self.store.metadata_path(self.run_id), text, durable)
@@ -223,6 +254,8 @@ class RunWriter:
         again. The run's last duty: it stays live, and watchable, until this returns."""
         while self.failure:
             await self.storage.wait_writable()
+            if not self.may_write():
+                return
             try:
                 await asyncio.to_thread(self._write_backlog)
             except OSError as exc:
@@ -250,6 +283,8 @@ class RunWriter:
     async def publish(self) -> tuple[Entity, ...]:
         """Move every staged output into place and list them all in the record at once."""
         staged = self.record.staged
+        if not self.may_write():
+            return ()
         try:
             await asyncio.to_thread(self._move_into_place, staged)
         except OSError as exc:
@@ -268,7 +303,7 @@ class RunWriter:
     async def discard_outputs(self) -> None:
         """A run that did not complete keeps no output: remove staged and published ones alike."""
         outputs = (*self.record.staged, *self.record.outputs())
-        if not outputs:
+        if not outputs or not self.may_write():
             return
 
         def remove() -> None:

@@ -48,7 +48,7 @@ from generation_service.errors import (
 from generation_service.follower import SOCKET_WAIT_S, Follower, FollowPolicy
 from generation_service.metrics import Metrics
 from generation_service.pool import BackendPool, Member
-from generation_service.run_handle import BackendLost, RunHandle, StorageFailure
+from generation_service.run_handle import BackendLost, RunHandle, RunView, StorageFailure
 from generation_service.run_index import RunIndex
 from generation_service.run_summary import RunSummary, summarize
 from generation_service.run_writer import NewRun, RunWriter
@@ -132,11 +132,10 @@ class Runner:
 
     # -- starting ---------------------------------------------------------------------------------
 
-    async def start(self, spec: RunSpec) -> RunHandle:
+    async def start(self, spec: RunSpec) -> RunView:
         """Start a run, or return the run this request_id already started. Raises GenerationError
         before anything ran."""
-        if len(spec.request_id) > MAX_REQUEST_ID or not (spec.request_id.isascii() and spec.request_id.isprintable()):
-            raise InvalidRequest(f"request_id must be at most {MAX_REQUEST_ID} printable ASCII characters")
+        check_request_id(spec.request_id)
         if not spec.request_id:
             return await self._start_new(spec)
         # One submission per request_id at a time, so simultaneous retries cannot start two runs.
@@ -151,14 +150,11 @@ class Runner:
                 return self.runs.get(run_id) or await self._replay(run_id)
             return await self._start_new(spec)
 
-    async def _start_new(self, spec: RunSpec) -> RunHandle:
-        if len(self.runs) + self._submitting >= self.max_in_flight:
-            raise TooManyRuns(
-                f"{self.max_in_flight} runs are in flight, the most this service accepts",
-                retry_after_s=max(1.0, self.policy.keepalive_s),
-            )
+    async def _start_new(self, spec: RunSpec, run_id: str = "") -> RunHandle:
         if not self.storage.ok:
             raise StorageUnavailable(f"{self.storage.problem}; new runs are refused until it is writable")
+        run_id = run_id or new_run_id()
+        await self._reserve(run_id)
         options = RunOptions(
             include_previews=spec.include_previews,
             queue_timeout_s=spec.queue_timeout_s or self.defaults.queue_timeout_s,
@@ -166,7 +162,6 @@ class Runner:
             retry_on_backend_loss=spec.retry_on_backend_loss,
             backend_labels=spec.backend_labels,
         )
-        run_id = new_run_id()
         self._submitting += 1
         try:
             # A burst of submissions waits in line here, so that the runs already going keep
@@ -176,10 +171,52 @@ class Runner:
         finally:
             self._submitting -= 1
 
+    # Hooks where replica mode (replicas/runner.py) shares what one process keeps to itself here.
+
+    async def _reserve(self, run_id: str) -> None:
+        """Take one of the ``max_in_flight`` places for a new run, or raise TooManyRuns."""
+        if len(self.runs) + self._submitting >= self.max_in_flight:
+            raise TooManyRuns(
+                f"{self.max_in_flight} runs are in flight, the most this service accepts",
+                retry_after_s=max(1.0, self.policy.keepalive_s),
+            )
+
+    async def _unreserve(self, run_id: str) -> None:
+        """Give back the place of a run that was not started."""
+
+    async def _created(self, writer: RunWriter) -> None:
+        """The run's folder exists and this process owns it; next it is submitted."""
+        self.index.track(writer)
+
+    async def _before_dispatch(self) -> None:
+        """About to choose a backend for a new run."""
+
+    def _ended(self, run_id: str) -> None:
+        """The run this process followed reached its terminal event (or was handed to another owner)."""
+
     async def _admit(self, spec: RunSpec, run_id: str, options: RunOptions) -> RunHandle:
         """Record and submit one run (``_start_new`` bounds how many do this at once)."""
+        try:
+            writer, member, submitted = await self._record(spec, run_id, options)
+        except BaseException:
+            await self._unreserve(run_id)  # no run was created: its place is free again
+            raise
+        await self._created(writer)
+        submission = asyncio.create_task(self._submit(writer, member, submitted, spec))
+        try:
+            # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
+            return await asyncio.shield(submission)
+        except asyncio.CancelledError:
+            submission.add_done_callback(_cancel_if_accepted)
+            raise
+
+    async def _record(
+        self, spec: RunSpec, run_id: str, options: RunOptions
+    ) -> tuple[RunWriter, Member, dict[str, Any]]:
+        """Fill in the workflow, choose its backend, upload its inputs and create the run's folder."""
         prepared = await self._prepare(spec, run_id)
         classes = frozenset(str(node["class_type"]) for node in prepared.graph.values())
+        await self._before_dispatch()
         member = self.pool.choose(classes, frozenset(spec.backend_labels))
         names = [
             await member.client.upload(await asyncio.to_thread(u.read_bytes), u.filename, u.subfolder)
@@ -204,14 +241,7 @@ class Runner:
         except OSError as exc:
             message = self.storage.failed(exc, "creating the run's folder")
             raise StorageUnavailable(f"{message}; the run was not started") from exc
-        self.index.track(writer)
-        submission = asyncio.create_task(self._submit(writer, member, submitted, spec))
-        try:
-            # Shielded: a caller that goes away mid-POST must not leave a prompt nobody follows.
-            return await asyncio.shield(submission)
-        except asyncio.CancelledError:
-            submission.add_done_callback(_cancel_if_accepted)
-            raise
+        return writer, member, submitted
 
     async def _prepare(self, spec: RunSpec, run_id: str) -> _Prepared:
         """Parse the raw workflow, or fill in the template (uploading its input media)."""
@@ -261,6 +291,7 @@ class Runner:
                 error=ev.Failed(code, str(exc), node_errors=problems),
             )
             writer.close()
+            self._ended(record.run_id)
             logger.info("run %s rejected: %s", record.run_id, exc, extra=_context(record))
             raise
         handle = self._attach(writer, sub, past=[])
@@ -290,7 +321,12 @@ class Runner:
     ) -> None:
         follower = Follower(self.pool, member, self.policy, handle, writer, sub, graph, self.metrics)
         handle.task = asyncio.create_task(follower.run(), name=f"run-{writer.run_id}")
-        handle.task.add_done_callback(lambda _: self.runs.pop(writer.run_id, None))
+        handle.task.add_done_callback(lambda _: self._followed_to_end(handle))
+
+    def _followed_to_end(self, handle: RunHandle) -> None:
+        self.runs.pop(handle.run_id, None)
+        if handle.finished or (handle.writer is not None and handle.writer.deposed):
+            self._ended(handle.run_id)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -422,6 +458,11 @@ class Runner:
 
 
 _PROGRESS = (RunStatus.ACCEPTED, RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID or not (request_id.isascii() and request_id.isprintable()):
+        raise InvalidRequest(f"request_id must be at most {MAX_REQUEST_ID} printable ASCII characters")
 
 
 def _journaled_state(past: list[ev.RunEvent]) -> CurrentState | None:

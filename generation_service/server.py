@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -22,6 +25,8 @@ from generation_service.follower import FollowPolicy
 from generation_service.health import ServiceHealth, watching_health
 from generation_service.metrics import Metrics, serving_metrics
 from generation_service.pool import BackendConfig, BackendPool, configs_from_file, configs_from_urls
+from generation_service.replicas.link import RedisLink
+from generation_service.replicas.runner import ReplicaRunner
 from generation_service.runner import Runner
 from generation_service.servicer import GenerationServicer
 from generation_service.settings import Settings
@@ -118,18 +123,31 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         queue_timeout_s=settings.queue_timeout_seconds, execution_timeout_s=settings.execution_timeout_seconds
     )
     storage = StorageHealth(settings.runs_dir)
-    runner = Runner(
-        RunStore(settings.runs_dir),
-        pool,
-        policy,
-        storage=storage,
-        defaults=defaults,
-        max_in_flight=settings.max_runs_in_flight,
-        metrics=metrics,
-        templates=templates,
-        max_media_bytes=settings.max_input_media_bytes,
+    common: dict[str, Any] = {
+        "storage": storage,
+        "defaults": defaults,
+        "max_in_flight": settings.max_runs_in_flight,
+        "metrics": metrics,
+        "templates": templates,
+        "max_media_bytes": settings.max_input_media_bytes,
+    }
+    link = RedisLink(settings.redis_url, settings.redis_prefix, replica_name(settings)) if settings.redis_url else None
+    runner = (
+        ReplicaRunner(
+            RunStore(settings.runs_dir),
+            pool,
+            policy,
+            link=link,
+            takeover_s=settings.takeover_seconds,
+            retention_s=settings.redis_retention_seconds,
+            **common,
+        )
+        if link is not None
+        else Runner(RunStore(settings.runs_dir), pool, policy, **common)
     )
     async with contextlib.AsyncExitStack() as stack:
+        if link is not None:
+            await stack.enter_async_context(following_redis(link))
         await pool.start()
         stack.push_async_callback(pool.close)
         if settings.swarm_url:
@@ -143,7 +161,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         if settings.metrics_listen:
             metrics_port = await stack.enter_async_context(serving_metrics(metrics, settings.metrics_listen))
         server, port, health_servicer = await create_server(settings, runner, metrics)
-        service_health = ServiceHealth(health_servicer, ("", SERVICE_NAME), pool, storage)
+        service_health = ServiceHealth(health_servicer, ("", SERVICE_NAME), pool, storage, link)
         await stack.enter_async_context(watching_health(service_health))
         await server.start()
         try:
@@ -151,6 +169,29 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         finally:
             await health_servicer.enter_graceful_shutdown()  # probes see NOT_SERVING while calls drain
             await server.stop(settings.shutdown_grace_seconds)
+
+
+def replica_name(settings: Settings) -> str:
+    """A name no other replica has: each start of a replica is a new consumer of the owners group, and
+    the runs of its previous life are taken over like any stopped replica's."""
+    return settings.replica_name or f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+@contextlib.asynccontextmanager
+async def following_redis(link: RedisLink) -> AsyncIterator[None]:
+    """Connect to Redis (start-up goes on while it does not answer) and keep watching it."""
+    if await link.connect():
+        logger.info("replica %s sharing state on Redis at %s", link.replica, link.where)
+    else:
+        logger.error("Redis at %s does not answer; serving as NOT_SERVING until it does", link.where)
+    task = asyncio.create_task(link.follow(), name="redis")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await link.close()
 
 
 @contextlib.asynccontextmanager

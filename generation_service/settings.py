@@ -56,12 +56,19 @@ HELP = {
     "templates_dir": "folder of workflow templates (checked at start-up, reloaded on change); empty: none",
     "max_input_media_bytes": "largest input media file a template request may carry",
     "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
+    "redis_url": "replica mode: redis:// or rediss:// URL (with its password) of the Redis that several replicas "
+    "sharing one runs_dir use; empty: one process, run storage only (set it through the environment)",
+    "redis_prefix": "prefix of every Redis key of this service (several services can share one Redis)",
+    "replica_name": "this replica's name in Redis (its consumer name); empty: host name and a random suffix",
+    "takeover_seconds": "replica mode: how soon the runs of a replica that stopped answering are taken over",
+    "redis_retention_seconds": "replica mode: how long a finished run's events and record stay in Redis "
+    "(run storage keeps them for good)",
 }
 
 # How --help shows a default that is not meant to be read as a value (an install-dependent path).
 DEFAULT_SHOWN = {"templates_dir": "the templates shipped with the package"}
 # Settings that hold secrets: --help never prints their value, set or not.
-SECRETS = frozenset({"auth_tokens", "media_signing_secret", "swarm_authorization", "swarm_token"})
+SECRETS = frozenset({"auth_tokens", "media_signing_secret", "swarm_authorization", "swarm_token", "redis_url"})
 
 _CONVERTERS: dict[str, Callable[[str], object]] = {"float": float, "int": int, "Path": Path}
 
@@ -104,6 +111,11 @@ class Settings:
     templates_dir: str = str(SHIPPED_TEMPLATES_DIR)
     max_input_media_bytes: int = 50 * 1024 * 1024
     log_level: str = "INFO"
+    redis_url: str = ""
+    redis_prefix: str = "generation"
+    replica_name: str = ""
+    takeover_seconds: float = 15.0
+    redis_retention_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
         self._check_addresses()
@@ -128,6 +140,10 @@ class Settings:
             raise ValueError(f"backends_file: no such file: {self.backends_file}")
         if not _is_host_port(self.listen):
             raise ValueError(f"listen: must be HOST:PORT, got {self.listen!r}")
+        if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("redis_url: must be a redis://, rediss:// or unix:// URL")
+        if not self.redis_prefix or any(c.isspace() for c in self.redis_prefix):
+            raise ValueError(f"redis_prefix: must be a word without spaces, got {self.redis_prefix!r}")
         if self.metrics_listen and not _is_host_port(self.metrics_listen):
             raise ValueError(f"metrics_listen: must be HOST:PORT or empty, got {self.metrics_listen!r}")
 

@@ -7,13 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
-import signal
-import socket
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,49 +20,8 @@ from comfy_generation.runstore import RunStore
 from generation_service.server import running_service
 from generation_service.v1 import generation_pb2 as pb
 from generation_service.v1 import generation_pb2_grpc as pb_grpc
-from stack_helpers import REPO, WORKFLOWS, service_settings
-
-READY = re.compile(r"comfy_simulator ready: comfy_url=(\S+)")
-
-
-@dataclass
-class SimProcess:
-    """A simulator in a process of its own, so that a test can SIGKILL it and start it again."""
-
-    proc: asyncio.subprocess.Process
-    url: str
-    drain: asyncio.Task[None]  # reads its log, so that a full pipe never blocks it
-
-    async def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-
-async def start_simulator(data_dir: Path, port: int, *flags: str) -> SimProcess:
-    args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), "--log-level", "INFO", *flags]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "comfy_simulator", *args, stderr=asyncio.subprocess.PIPE, cwd=REPO
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "the simulator exited before it was ready"
-            if match := READY.search(line):
-                break
-    return SimProcess(proc, match.group(1), asyncio.create_task(_drain(proc.stderr)))
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from process_helpers import SimProcess, free_port, start_simulator
+from stack_helpers import WORKFLOWS, service_settings
 
 SimFactory = Callable[..., Awaitable[SimProcess]]
 

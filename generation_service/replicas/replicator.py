@@ -1,0 +1,140 @@
+"""What the owner of a run copies into Redis: its events into the run's stream and its latest record into
+the record key and the run index. Run storage is written first; this follows it, and catches up by
+itself whenever Redis was away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from comfy_generation.runstore import RunRecord, RunStatus, record_text
+from comfy_generation.runstore import events as ev
+from generation_service.errors import RedisUnavailable
+from generation_service.replicas.keys import Keys
+from generation_service.replicas.link import RedisLink, stream_entries
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500  # events per round trip when catching up
+
+
+def seq_of(entry_id: str) -> int:
+    """An event's seq from its stream entry id (0-<seq>)."""
+    return int(entry_id.partition("-")[2])
+
+
+def index_member(record: RunRecord) -> str:
+    return f"{record.timestamp}|{record.run_id}"
+
+
+def index_commands(pipe: object, keys: Keys, record: RunRecord, before: RunStatus | None) -> None:
+    """Queue on ``pipe`` what puts the run in the index under its status (and out of ``before``'s)."""
+    member = index_member(record)
+    pipe.zadd(keys.index, {member: 0})  # type: ignore[attr-defined]
+    if before is not None and before != record.status:
+        pipe.zrem(keys.status_index(before), member)  # type: ignore[attr-defined]
+    pipe.zadd(keys.status_index(record.status), {member: 0})  # type: ignore[attr-defined]
+
+
+class RunReplicator:
+    """One per run this replica owns. ``changed()`` after each event and record change; the copying runs
+    in the background, in order, a batch at a time."""
+
+    def __init__(self, link: RedisLink, history: Sequence[ev.RunEvent], record: RunRecord, retention_s: float) -> None:
+        self.link = link
+        self.keys = link.keys
+        self.history = history
+        self.record = record
+        self.retention_s = retention_s
+        self._sent: int | None = None  # the seq the stream ends at; None: ask Redis
+        self._record_sent: RunRecord | None = None
+        self._status_sent: RunStatus | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task = asyncio.create_task(self._follow(), name=f"replicate-{record.run_id}")
+
+    def record_changed(self, record: RunRecord) -> None:
+        self.record = record
+        self.changed()
+
+    def changed(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    def resync(self) -> None:
+        """Redis may have lost what was copied: copy everything it lacks again."""
+        self._sent, self._record_sent, self._status_sent = None, None, None
+        self.changed()
+
+    async def flush(self) -> None:
+        """Wait until Redis has every event and the latest record."""
+        self.changed()
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _follow(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while not self._synced:
+                    await self._copy()
+            except RedisUnavailable:
+                self._sent = None  # Redis may come back without what it had
+                await self.link.wait_up()
+                self._wake.set()
+                continue
+            except Exception:
+                logger.exception("copying run %s to Redis failed", self.record.run_id)
+                await asyncio.sleep(1.0)
+                self._wake.set()
+                continue
+            self._idle.set()
+
+    @property
+    def _synced(self) -> bool:
+        return self._sent == len(self.history) and self._record_sent is self.record
+
+    def _check(self, results: list[object]) -> None:
+        for result in results:
+            # An entry id at or below the stream's last one: that event is there already (sent twice).
+            if isinstance(result, Exception) and "equal or smaller" not in str(result):
+                logger.error("Redis refused a copy of run %s: %s", self.record.run_id, result)
+
+    async def _copy(self) -> None:
+        run_id = self.record.run_id
+        if self._sent is None:
+            last = await self.link.call(
+                "reading a run's stream", lambda: self.link.redis.xrevrange(self.keys.events(run_id), count=1)
+            )
+            entries = stream_entries(last)
+            self._sent = seq_of(entries[0][0]) if entries else 0
+        sent = self._sent
+        batch = list(self.history[sent : sent + BATCH])
+        record = self.record
+
+        async def send() -> list[object]:
+            async with self.link.redis.pipeline(transaction=False) as pipe:
+                for event in batch:
+                    pipe.xadd(self.keys.events(run_id), {"event": event.to_json()}, id=f"0-{event.seq}")
+                if record is not self._record_sent:
+                    pipe.set(self.keys.record(run_id), record_text(record))
+                    if record.status != self._status_sent:
+                        index_commands(pipe, self.keys, record, self._status_sent)
+                if record.status.is_terminal and batch and batch[-1].is_terminal:
+                    pipe.expire(self.keys.events(run_id), int(self.retention_s))
+                    pipe.expire(self.keys.record(run_id), int(self.retention_s))
+                    pipe.delete(self.keys.cancel(run_id))
+                return list(await pipe.execute(raise_on_error=False))
+
+        self._check(await self.link.call("copying a run's events", send))
+        if batch:
+            self._sent = batch[-1].seq
+        self._record_sent = record
+        self._status_sent = record.status
