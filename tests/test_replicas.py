@@ -4,10 +4,17 @@ backends' load are shared, and a replica that dies or freezes loses its runs to 
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import signal
+import time
 from pathlib import Path
 
+import grpc
+
 from generation_service.v1 import generation_pb2 as pb
-from replica_helpers import assert_one_continuous_run, cluster, sampler, watch_all
+from replica_helpers import TAKEOVER_S, assert_one_continuous_run, cluster, sampler, watch_all
 
 
 async def test_a_run_started_on_one_replica_is_watched_got_listed_and_cancelled_on_the_others(tmp_path: Path) -> None:
@@ -34,3 +41,95 @@ async def test_a_run_started_on_one_replica_is_watched_got_listed_and_cancelled_
         events = await watch_all(three.stub, slow.run_id)
         assert_one_continuous_run(events)
         assert events[-1].HasField("cancelled")
+
+
+def _owner(runs_dir: Path, run_id: str) -> str:
+    return str(json.loads((runs_dir / run_id / ".owner.json").read_text())["replica"])
+
+
+async def _until_progress(stub, run_id: str) -> list[pb.RunEvent]:
+    seen = []
+    async for event in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
+        seen.append(event)
+        if event.HasField("node_progress"):
+            return seen
+    raise AssertionError(f"run {run_id} ended before it made progress: {seen[-1]}")
+
+
+async def _until_owner_changes(runs_dir: Path, run_id: str, old: str) -> str:
+    async with asyncio.timeout(TAKEOVER_S + 10):
+        while (owner := _owner(runs_dir, run_id)) == old:
+            await asyncio.sleep(0.05)
+    return owner
+
+
+async def test_a_killed_owner_loses_its_run_to_another_replica_and_its_watchers_see_one_run(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        one, _, three = c.replicas
+        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=30, seconds=6)))
+        assert _owner(c.runs_dir, run.run_id) == "replica-1"
+        watcher = three.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))
+        events = []
+        async for event in watcher:
+            events.append(event)
+            if event.HasField("node_progress"):
+                break
+        killed = time.monotonic()
+        await one.process.kill()
+        new_owner = await _until_owner_changes(c.runs_dir, run.run_id, "replica-1")
+        taken_after = time.monotonic() - killed
+        events += [e async for e in watcher]
+
+        assert new_owner in ("replica-2", "replica-3")
+        assert taken_after <= TAKEOVER_S + 5, taken_after  # the bound plus room for a loaded machine
+        assert_one_continuous_run(events)
+        assert events[-1].HasField("completed"), events[-1]
+        (output,) = events[-1].completed.outputs
+        stored = c.runs_dir / run.run_id / output.filename
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == output.sha256
+        for replica in c.replicas[1:]:
+            got = await replica.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+            assert got.status == pb.RUN_STATUS_COMPLETED and got.last_seq == events[-1].seq
+
+
+async def test_a_frozen_owner_that_wakes_after_the_takeover_writes_nothing(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        one, two, three = c.replicas
+        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=40, seconds=8)))
+        seen = await _until_progress(two.stub, run.run_id)
+        one.process.signal(signal.SIGSTOP)
+        await _until_owner_changes(c.runs_dir, run.run_id, "replica-1")
+        events = seen + await watch_all(three.stub, run.run_id, after_seq=seen[-1].seq)
+        assert_one_continuous_run(events)
+        assert events[-1].HasField("completed")
+        folder = c.runs_dir / run.run_id
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+        one.process.signal(signal.SIGCONT)
+        async with asyncio.timeout(30):
+            while not any("another replica owns it now" in line for line in one.process.log):
+                await asyncio.sleep(0.05)
+        # It noticed, and stopped: the run's folder is exactly as its new owner left it.
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        again = await one.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+        assert again.status == pb.RUN_STATUS_COMPLETED and again.last_seq == events[-1].seq
+        assert [e.seq for e in await watch_all(one.stub, run.run_id)] == [e.seq for e in events]
+
+
+async def test_one_request_id_sent_to_every_replica_at_once_starts_one_run(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        request = pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2), request_id="lesson-7-attempt-1")
+        runs = await asyncio.gather(*(c.replicas[i % 3].stub.Submit(request) for i in range(20)))
+        assert len({r.run_id for r in runs}) == 1
+        assert [p.name for p in c.runs_dir.iterdir()] == [runs[0].run_id]
+        events = await watch_all(c.replicas[2].stub, runs[0].run_id)
+        assert_one_continuous_run(events)
+        again = await c.replicas[1].stub.Submit(request)  # a later retry too
+        assert again.run_id == runs[0].run_id
+        other = pb.GenerateRequest(workflow_json=sampler(steps=3, seconds=0.2), request_id="lesson-7-attempt-1")
+        try:
+            await c.replicas[0].stub.Submit(other)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+        else:
+            raise AssertionError("a different request under a used request id was accepted")
