@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generation_service.v1 import generation_pb2 as pb
 from replica_helpers import TAKEOVER_S, assert_one_continuous_run, cluster, sampler, watch_all
@@ -133,3 +134,93 @@ async def test_one_request_id_sent_to_every_replica_at_once_starts_one_run(tmp_p
             assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
         else:
             raise AssertionError("a different request under a used request id was accepted")
+
+
+async def _health(replica) -> int:
+    reply = await health_pb2_grpc.HealthStub(replica.channel).Check(health_pb2.HealthCheckRequest(service=""))
+    return int(reply.status)
+
+
+async def _until_health(replica, status: int) -> None:
+    async with asyncio.timeout(20):
+        while await _health(replica) != status:
+            await asyncio.sleep(0.1)
+
+
+async def test_redis_stopped_mid_run_loses_no_event_and_refuses_new_runs_meanwhile(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        one, two, three = c.replicas
+        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=30, seconds=6)))
+        local = one.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))
+        remote = two.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))
+        seen_local, seen_remote = [], []
+        for stream, seen in ((local, seen_local), (remote, seen_remote)):
+            async for event in stream:
+                seen.append(event)
+                if event.HasField("node_progress"):
+                    break
+
+        await c.redis.stop()
+        await _until_health(two, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            await two.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2)))
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE and "Redis" in (exc.details() or ""), exc
+        else:
+            raise AssertionError("a run was accepted while Redis was down")
+        # The owner goes on following its run and journaling it; its own watchers see it live.
+        async for event in local:
+            seen_local.append(event)
+            if event.HasField("node_progress") and len(seen_local) > len(seen_remote) + 3:
+                break
+
+        await c.redis.start()
+        await _until_health(two, health_pb2.HealthCheckResponse.SERVING)
+        seen_local += [e async for e in local]
+        seen_remote += [e async for e in remote]
+        assert_one_continuous_run(seen_local)
+        assert seen_local[-1].HasField("completed")
+        assert [e.SerializeToString() for e in seen_remote] == [e.SerializeToString() for e in seen_local]
+        got = await three.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+        assert got.status == pb.RUN_STATUS_COMPLETED and got.last_seq == seen_local[-1].seq
+        assert [e.seq for e in await watch_all(three.stub, run.run_id)] == [e.seq for e in seen_local]
+        after = await three.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=5)))
+        assert (await watch_all(two.stub, after.run_id))[-1].HasField("completed")
+
+
+async def test_the_in_flight_limit_holds_across_replicas(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 3, 2, "--max-runs-in-flight", "2") as c:
+        requests = [pb.GenerateRequest(workflow_json=sampler(steps=100, seconds=60, color=i)) for i in range(6)]
+        outcomes = await asyncio.gather(
+            *(c.replicas[i % 3].stub.Submit(r) for i, r in enumerate(requests)), return_exceptions=True
+        )
+        accepted = [o for o in outcomes if isinstance(o, pb.Run)]
+        refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert len(accepted) == 2, outcomes
+        assert [e.code() for e in refused] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 4
+        await c.replicas[2].stub.CancelRun(pb.CancelRunRequest(run_id=accepted[0].run_id))
+        third = await c.replicas[1].stub.Submit(requests[5])  # a place is free again
+        assert third.run_id not in {r.run_id for r in accepted}
+
+
+async def _until_queues(replica, lengths: list[int]) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            backends = (await replica.stub.ListBackends(pb.ListBackendsRequest())).backends
+            if sorted(b.queue_length for b in backends) == lengths:
+                return
+            await asyncio.sleep(0.1)
+
+
+async def test_replicas_choosing_at_once_share_the_backends_load(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 3, 2, "--health-check-seconds", "2") as c:
+        one, two, three = c.replicas
+        # Both backends busy, as every replica sees it.
+        for color in (1, 2):
+            await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=100, seconds=60, color=color)))
+        for replica in c.replicas:
+            await _until_queues(replica, [1, 1])
+        # Two runs from two replicas, before either backend's queue is looked at again: one each.
+        first = await two.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=3)))
+        second = await three.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=4)))
+        assert first.backend != second.backend, (first.backend, second.backend)
