@@ -69,6 +69,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.takeovers = Counter(
+            "generation_replica_takeovers_total",
+            "Replica mode: runs this replica took over from a replica that stopped answering (or stopped)",
+            registry=self.registry,
+        )
+        self.deposed = Counter(
+            "generation_replica_runs_lost_total",
+            "Replica mode: runs another replica took over from this one while it still followed them",
+            registry=self.registry,
+        )
+        self.redis_up = Gauge(
+            "generation_redis_up", "Replica mode: 1 while Redis answers, else 0", registry=self.registry
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

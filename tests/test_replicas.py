@@ -224,3 +224,18 @@ async def test_replicas_choosing_at_once_share_the_backends_load(tmp_path: Path)
         first = await two.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=3)))
         second = await three.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=4)))
         assert first.backend != second.backend, (first.backend, second.backend)
+
+
+async def test_a_replica_stopped_gracefully_hands_its_runs_over_at_once(tmp_path: Path) -> None:
+    # A takeover bound of a minute: a run that moves within seconds was handed over, not found idle.
+    async with cluster(tmp_path, 2, 1, "--takeover-seconds", "60") as c:
+        one, two = c.replicas
+        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=30, seconds=6)))
+        seen = await _until_progress(two.stub, run.run_id)
+        await one.process.stop()  # SIGTERM
+        async with asyncio.timeout(20):
+            while _owner(c.runs_dir, run.run_id) != "replica-2":
+                await asyncio.sleep(0.05)
+        events = seen + await watch_all(two.stub, run.run_id, after_seq=seen[-1].seq)
+        assert_one_continuous_run(events)
+        assert events[-1].HasField("completed")

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 RESERVATION_S = 300.0  # a place reserved for a run that is being recorded and submitted
 GONE_CONSUMER_MS = 3600_000  # a replica that owns nothing and was not heard of for an hour is forgotten
+CLEANUP_S = 60.0
 HANDED_OVER_IDLE_MS = 10 * 365 * 86400_000  # what a stopping replica sets: claimable at once
 
 Claimed = Callable[[str], Awaitable[None]]
@@ -195,7 +196,7 @@ class Ownership:
 
     async def keep(self) -> None:
         """Forever: refresh our entries, claim the idle ones of others, release what ended offline."""
-        next_refresh = 0.0
+        next_refresh = next_cleanup = 0.0
         while True:
             try:
                 if time.monotonic() >= next_refresh:
@@ -203,8 +204,14 @@ class Ownership:
                     await self._refresh()
                 await self._claim()
                 await self._release_backlog()
+                if time.monotonic() >= next_cleanup:
+                    next_cleanup = time.monotonic() + CLEANUP_S
+                    await self._forget_gone_consumers()
             except RedisUnavailable:
                 await self.link.wait_up()
+                # Every owner takes its runs back as Redis answers again (their entries look idle for as
+                # long as Redis was away): claim only after they had the time to.
+                await asyncio.sleep(self.refresh_s)
                 continue
             await asyncio.sleep(self.claim_s)
 
@@ -243,6 +250,21 @@ class Ownership:
         if not known:
             logger.warning("run %s taken over from a replica that stopped answering", run_id, extra={"run_id": run_id})
             await self.on_claimed(run_id)
+
+    async def _forget_gone_consumers(self) -> None:
+        """Each start of a replica is a new consumer: drop those that own nothing and went long ago."""
+        consumers = await self.link.call(
+            "listing replicas", lambda: self.link.redis.xinfo_consumers(self.keys.active, OWNERS_GROUP)
+        )
+        for consumer in consumers:
+            name, pending, idle = str(consumer["name"]), int(consumer["pending"]), int(consumer["idle"])
+            if name != self.me and pending == 0 and idle > GONE_CONSUMER_MS:
+                await self.link.call(
+                    "forgetting a replica",
+                    lambda gone=name: self.link.redis.xgroup_delconsumer(  # type: ignore[misc]
+                        self.keys.active, OWNERS_GROUP, gone
+                    ),
+                )
 
     async def _release_backlog(self) -> None:
         for run_id in list(self._unreleased):

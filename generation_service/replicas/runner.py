@@ -85,6 +85,7 @@ class ReplicaRunner(Runner):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._looping: list[asyncio.Task[None]] = []
         link.on_back.append(self._reconcile)
+        self.metrics.redis_up.set_function(lambda: 1 if link.up else 0)
 
     def background(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -187,6 +188,7 @@ class ReplicaRunner(Runner):
 
     def _deposed(self, handle: RunHandle) -> None:
         logger.warning("run %s: another replica owns it now; this one stops writing it", handle.run_id)
+        self.metrics.deposed.inc()
         handle.inbox.put_nowait(Deposed())
         handle.log.close()  # watchers here carry on from Redis (see watch)
         self.ownership.forget(handle.run_id)
@@ -379,6 +381,7 @@ class ReplicaRunner(Runner):
             await self._retire(run_id)
             return
         await self._resume(writer, past, graph)
+        self.metrics.takeovers.inc()
         reason = await self.link.call("reading a cancel", lambda: self.link.redis.get(self.keys.cancel(run_id)))
         if isinstance(reason, str) and (handle := self.runs.get(run_id)) is not None:
             handle.cancel(reason)
