@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROTO := protos/generation_service/v1/generation.proto
 
-.PHONY: help install system-deps protos protos-check lint format typecheck test check demo bench clean
+.PHONY: help install system-deps protos protos-check lint format typecheck test check demo demo-cluster bench clean
 
 help:
 	@echo "install     create $(VENV) and install the project with its dev tools"
@@ -14,6 +14,7 @@ help:
 	@echo "test        the whole test suite"
 	@echo "check       lint, typecheck and test"
 	@echo "demo        image, audio and video runs through simulator, service and gateway"
+	@echo "demo-cluster  Redis, three replicas, two backends: a run survives its owner being killed"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +64,9 @@ check: lint typecheck test
 
 demo: install
 	$(BIN)/python scripts/demo.py
+
+demo-cluster: install system-deps
+	$(BIN)/python scripts/demo_cluster.py
 
 bench: install
 	$(BIN)/python -m benchmarks

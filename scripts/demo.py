@@ -67,14 +67,15 @@ def processes() -> Iterator[Started]:
                 proc.wait()
 
 
-def start(started: Started, work: Path, name: str, *args: str) -> None:
-    log = work / f"{name}.log"
+def start(started: Started, work: Path, name: str, *args: str, log_name: str = "") -> None:
+    """Start the Python module ``name`` (or, for a name with a dash, that program), logging to the demo
+    folder."""
+    log = work / f"{log_name or name}.log"
+    command = [name] if "-" in name else [sys.executable, "-m", name]
     # Started in the demo folder: nothing needs the checkout as working directory (the templates are
     # package data).
-    proc = subprocess.Popen(
-        [sys.executable, "-m", name, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=work
-    )
-    started.append((name, proc, log))
+    proc = subprocess.Popen([*command, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=work)
+    started.append((log_name or name, proc, log))
 
 
 def wait_ready(started: Started, checks: dict[str, Callable[[], bool]]) -> None:
