@@ -324,8 +324,9 @@ class Runner:
         handle.task.add_done_callback(lambda _: self._followed_to_end(handle))
 
     def _followed_to_end(self, handle: RunHandle) -> None:
-        self.runs.pop(handle.run_id, None)
-        if handle.finished or (handle.writer is not None and handle.writer.deposed):
+        if self.runs.get(handle.run_id) is handle:  # (a replica may follow the run again since)
+            del self.runs[handle.run_id]
+        if handle.finished:
             self._ended(handle.run_id)
 
     # -- reading ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generation_service.v1 import generation_pb2 as pb
@@ -239,3 +240,26 @@ async def test_a_replica_stopped_gracefully_hands_its_runs_over_at_once(tmp_path
         events = seen + await watch_all(two.stub, run.run_id, after_seq=seen[-1].seq)
         assert_one_continuous_run(events)
         assert events[-1].HasField("completed")
+
+
+async def test_a_redis_that_forgot_everything_mid_run_is_filled_again_from_run_storage(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        one, two, three = c.replicas
+        done = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=9)))
+        assert (await watch_all(two.stub, done.run_id))[-1].HasField("completed")
+        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=30, seconds=6)))
+        seen = await _until_progress(two.stub, run.run_id)
+        client = aioredis.Redis.from_url(c.redis.url)
+        try:
+            await client.flushall()
+            async with asyncio.timeout(20):  # the replicas notice, and put back what run storage has
+                while not await client.exists("generation:indexed"):
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        events = seen + await watch_all(three.stub, run.run_id, after_seq=seen[-1].seq)
+        assert_one_continuous_run(events)
+        assert events[-1].HasField("completed")
+        assert [e.seq for e in await watch_all(two.stub, run.run_id)] == [e.seq for e in events]
+        listed = await three.stub.ListRuns(pb.ListRunsRequest())
+        assert [r.run_id for r in listed.runs] == [run.run_id, done.run_id]

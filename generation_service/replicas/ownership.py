@@ -54,6 +54,7 @@ class Ownership:
         self.mine: dict[str, str] = {}  # run id -> its entry id
         self.still_mine: Callable[[str], bool] = lambda run_id: True
         self.on_claimed: Claimed = _nothing
+        self.on_state_lost: Callable[[], Awaitable[None]] = _nothing_lost
         self._unreleased: set[str] = set()  # runs that ended while Redis was unreachable
 
     # -- joining --------------------------------------------------------------------------------
@@ -207,12 +208,28 @@ class Ownership:
                 if time.monotonic() >= next_cleanup:
                     next_cleanup = time.monotonic() + CLEANUP_S
                     await self._forget_gone_consumers()
+            except ResponseError as exc:
+                await self._refused(exc)
+                continue
             except RedisUnavailable:
                 await self.link.wait_up()
                 # Every owner takes its runs back as Redis answers again (their entries look idle for as
                 # long as Redis was away): claim only after they had the time to.
                 await asyncio.sleep(self.refresh_s)
                 continue
+            await asyncio.sleep(self.claim_s)
+
+    async def _refused(self, exc: ResponseError) -> None:
+        if "NOGROUP" not in str(exc):
+            logger.error("Redis refused an ownership command: %s", exc)
+            await asyncio.sleep(self.claim_s)
+            return
+        # The stream or its group is gone while Redis kept answering (it was flushed): put it all back.
+        logger.warning("Redis lost the owners group: this replica registers its runs again")
+        try:
+            await self.on_state_lost()
+        except (RedisUnavailable, ResponseError) as again:
+            logger.warning("registering again failed (%s); trying again shortly", again)
             await asyncio.sleep(self.claim_s)
 
     async def refresh_now(self) -> None:
@@ -273,4 +290,8 @@ class Ownership:
 
 
 async def _nothing(run_id: str) -> None:
+    return None
+
+
+async def _nothing_lost() -> None:
     return None

@@ -101,6 +101,24 @@ class RunReplicator:
     def _synced(self) -> bool:
         return self._sent == len(self.history) and self._record_sent is self.record
 
+    async def _stream_end(self, run_id: str) -> int:
+        """The seq the run's stream ends at. A stream that lacks its first events (Redis lost them, then
+        took the next ones) is written anew: entry ids only grow, so they cannot be put back before."""
+        key = self.keys.events(run_id)
+
+        async def ends() -> tuple[list[object], list[object]]:
+            async with self.link.redis.pipeline(transaction=False) as pipe:
+                pipe.xrange(key, count=1)
+                pipe.xrevrange(key, count=1)
+                first, last = await pipe.execute()
+                return first, last
+
+        first, last = (stream_entries(r) for r in await self.link.call("reading a run's stream", ends))
+        if first and seq_of(first[0][0]) != 1:
+            await self.link.call("rewriting a run's stream", lambda: self.link.redis.delete(key))
+            return 0
+        return seq_of(last[0][0]) if last else 0
+
     def _check(self, results: list[object]) -> None:
         for result in results:
             # An entry id at or below the stream's last one: that event is there already (sent twice).
@@ -110,11 +128,7 @@ class RunReplicator:
     async def _copy(self) -> None:
         run_id = self.record.run_id
         if self._sent is None:
-            last = await self.link.call(
-                "reading a run's stream", lambda: self.link.redis.xrevrange(self.keys.events(run_id), count=1)
-            )
-            entries = stream_entries(last)
-            self._sent = seq_of(entries[0][0]) if entries else 0
+            self._sent = await self._stream_end(run_id)
         sent = self._sent
         batch = list(self.history[sent : sent + BATCH])
         record = self.record

@@ -77,6 +77,7 @@ class ReplicaRunner(Runner):
         self.ownership = Ownership(link, takeover_s)
         self.ownership.still_mine = self._still_mine
         self.ownership.on_claimed = self._take_over
+        self.ownership.on_state_lost = self._reconcile
         self.shared = SharedIndex(link)
         self.hub = MirrorHub(link, self.store)
         self.load = SharedLoad(link)
@@ -84,6 +85,7 @@ class ReplicaRunner(Runner):
         self.replicators: dict[str, RunReplicator] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._looping: list[asyncio.Task[None]] = []
+        self._adopted = False  # run storage indexed into Redis by this replica since it started
         link.on_back.append(self._reconcile)
         self.metrics.redis_up.set_function(lambda: 1 if link.up else 0)
 
@@ -140,9 +142,12 @@ class ReplicaRunner(Runner):
         while time.monotonic() < give_up:
             if (handle := self.runs.get(run_id)) is not None:
                 return handle
-            found = await self.shared.record(run_id)
-            if found is not None and found[1] > 0:
-                return RemoteRun(self, run_id)
+            with contextlib.suppress(RunNotFound):  # not recorded yet
+                record, last_seq = await self._find(run_id)
+                if record.status.is_terminal and last_seq > 0:
+                    return await self._replay(run_id)
+                if last_seq > 0:
+                    return RemoteRun(self, run_id)
             current = await self.link.call("reading a request id", lambda: self.link.redis.get(key))
             if not isinstance(current, str) or run_id not in current:
                 return None
@@ -337,6 +342,7 @@ class ReplicaRunner(Runner):
         return await self._adopt_storage()
 
     async def _adopt_storage(self) -> int:
+        self._adopted = True
         await self.ownership.join()
         found = await asyncio.to_thread(run_index.scan, self.store)
         loaded = []
@@ -398,8 +404,10 @@ class ReplicaRunner(Runner):
             self.ownership.forget(run_id)
             await self.ownership.register_orphan(run_id)  # Redis lost it: ours again, unless taken already
         await self.ownership.refresh_now()
-        if not await self.link.call("reading the index marker", lambda: self.link.redis.exists(self.keys.indexed)):
-            logger.warning("Redis lost its data: indexing run storage again")
+        indexed = await self.link.call("reading the index marker", lambda: self.link.redis.exists(self.keys.indexed))
+        if not indexed or not self._adopted:
+            if self._adopted:
+                logger.warning("Redis lost its data: indexing run storage again")
             await self._adopt_storage()
         for replicator in self.replicators.values():
             replicator.resync()
