@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from comfy_simulator.media import png_bytes
-from stack_helpers import REPO, WORKFLOWS, Stack
+from comfygen.v1 import generation_pb2 as pb
+from genctl.__main__ import target
+from stack_helpers import REPO, WORKFLOWS, Stack, StackFactory
 
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 
@@ -149,3 +154,47 @@ async def test_genctl_backends_shows_each_backend(stack: Stack) -> None:
     code, out, _ = await genctl(stack, "backends", "--json")
     (backend,) = json.loads(out)
     assert backend["name"] == stack.sim.comfy_url and backend["up"] is True
+
+
+def test_a_server_without_port_gets_the_default_port() -> None:
+    assert target("127.0.0.1") == "127.0.0.1:50051" and target("genservice") == "genservice:50051"
+    assert target("[::1]") == "[::1]:50051" and target("[::1]:7000") == "[::1]:7000"
+    assert target("dns:///genservice:50051") == "dns:///genservice:50051"
+
+
+async def test_an_unreachable_backend_is_one_readable_line_and_exit_5(stack_factory: StackFactory) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        stack = await stack_factory(backend_url=f"http://127.0.0.1:{unused.getsockname()[1]}")
+        code, _, err = await genctl(stack, "generate", "--template", "solid_image")
+    assert code == 5 and err.startswith("genctl: UNAVAILABLE: ") and len(err.strip().splitlines()) == 1, err
+    assert "ConnectionKey" not in err and "Error(" not in err
+
+
+async def test_ctrl_c_says_the_run_was_cancelled(stack: Stack, tmp_path: Path) -> None:
+    graph = quick_image()
+    graph["2"]["inputs"].update(steps=500, seconds=60)
+    workflow = tmp_path / "long.json"
+    workflow.write_text(json.dumps(graph))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "genctl",
+        "generate",
+        str(workflow),
+        "--json",
+        "--server",
+        f"127.0.0.1:{stack.service.port}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    while json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))["type"] != "node_progress":
+        pass
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130
+    (run_id,) = re.findall(r"run (\S+) cancelled", err.decode())
+    run = await stack.stub.GetRun(pb.GetRunRequest(run_id=run_id))
+    assert run.run.status == pb.RUN_STATUS_CANCELLED

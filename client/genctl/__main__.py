@@ -303,6 +303,11 @@ async def amain(args: argparse.Namespace, session: Session) -> int:
             return EXIT_CODES.get(exc.code, EXIT_REFUSED)
         except (UsageError, ValueError) as exc:
             return fail(str(exc), EXIT_USAGE)
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task, then raises KeyboardInterrupt
+            if session.run_id and not session.detach:
+                # Cancelled here and waited for, so that "cancelled" is true when genctl says it.
+                await client.cancel(session.run_id, "genctl was interrupted (Ctrl-C)")
+            raise
 
 
 def main(argv: list[str] | None = None) -> None:

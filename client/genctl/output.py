@@ -34,13 +34,16 @@ class ProgressView:
             console=self.console,
             transient=False,
         )
-        self.overall: TaskID = self.progress.add_task("run", total=nodes or None)
+        self.nodes = nodes
+        self.overall: TaskID | None = None  # the bars appear with the first event: none when the call fails
         self.node: TaskID | None = None
         self.done: set[str] = set()
-        self.progress.start()
 
     def show(self, event: pb.RunEvent) -> None:
         kind = event_kind(event)
+        if self.overall is None:
+            self.progress.start()
+            self.overall = self.progress.add_task("run", total=self.nodes or None)
         if kind == "accepted":
             self.console.print(f"run {event.run_id} accepted (prompt {event.accepted.prompt_id})")
         elif kind == "queued":
@@ -73,12 +76,13 @@ class ProgressView:
 
     def _finish_nodes(self, node_ids: Any) -> None:
         self.done.update(node_ids)
-        self.progress.update(self.overall, completed=len(self.done))
+        if self.overall is not None:
+            self.progress.update(self.overall, completed=len(self.done))
 
     def _end(self, event: pb.RunEvent, kind: str) -> None:
         self._finish_node()
-        total = self.progress.tasks[self.overall].total
-        if kind == "completed" and total:
+        total = self.progress.tasks[self.overall].total if self.overall is not None else None
+        if kind == "completed" and total and self.overall is not None:
             self.progress.update(self.overall, completed=total)
         self.progress.stop()
         if kind == "completed":
@@ -97,7 +101,8 @@ class ProgressView:
             self.console.print(f"cancelled: {event.cancelled.reason}")
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.overall is not None:
+            self.progress.stop()
 
 
 def _table(*columns: str) -> Table:
