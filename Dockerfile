@@ -3,19 +3,19 @@
 # numpy ship manylinux wheels, so no compiler is needed). Final stage: that virtualenv only, no pip cache,
 # no build tools, a non-root user. tests/test_compose.py checks that the COPY lines below cover every module
 # and package the wheel includes (pyproject's [tool.hatch.build.targets.wheel] only-include). The workflow
-# templates are package data of generation_service, installed into the virtualenv with it.
+# templates are package data of generation_service, installed into the virtualenv with it. The client
+# distribution (client/: the gRPC stubs, generation_client, genctl) is installed first: the service needs it.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY client client
 COPY comfy_generation comfy_generation
 COPY generation_service generation_service
-COPY generation_client generation_client
 COPY media_gateway media_gateway
 COPY comfy_simulator comfy_simulator
-COPY genctl genctl
-RUN /opt/venv/bin/pip install --no-compile . \
+RUN /opt/venv/bin/pip install --no-compile ./client . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
     && /opt/venv/bin/pip uninstall -y pip setuptools
 

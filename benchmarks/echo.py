@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 
 from benchmarks.common import raise_fd_limit
+from comfygen.v1 import generation_pb2 as pb
 from generation_service.server import SERVER_OPTIONS
-from generation_service.v1 import generation_pb2 as pb
 
 
 class Hub:

@@ -18,8 +18,8 @@ import grpc
 
 from benchmarks.common import Row, cpu_seconds, load_window, percentile, profiling
 from benchmarks.stack import start_service, start_sim
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 
 ZERO_WORK = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -87,7 +87,8 @@ class DirectClient:
 
 async def _service_run(stub: Any, workflow: str) -> None:
     last = ""
-    async for event in stub.Generate(pb.GenerateRequest(workflow_json=workflow, workflow_name="zero")):
+    async for reply in stub.Generate(pb.GenerateRequest(spec=pb.RunSpec(workflow_json=workflow, workflow_name="zero"))):
+        event = reply.event
         last = event.WhichOneof("kind") or ""
     if last != "completed":
         raise RuntimeError(f"service run ended with {last!r}")

@@ -16,8 +16,8 @@ import grpc
 
 from benchmarks.common import Row, cpu_seconds, load_window
 from benchmarks.stack import start_service, start_sim
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 REPEATS = 2
@@ -38,10 +38,13 @@ async def _all_runs(target: str, workflows: list[str]) -> float:
     async with grpc.aio.insecure_channel(target) as channel:
         stub: Any = pb_grpc.GenerationServiceStub(channel)
         started = time.monotonic()
-        submitted = await asyncio.gather(*(stub.Submit(pb.GenerateRequest(workflow_json=w)) for w in workflows))
+        submitted = await asyncio.gather(
+            *(stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=w))) for w in workflows)
+        )
 
         async def until_done(run_id: str) -> None:
-            async for event in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
+            async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
+                event = reply.event
                 last = event
             if not last.HasField("completed"):
                 raise RuntimeError(f"run {run_id} ended with {last.WhichOneof('kind')}")

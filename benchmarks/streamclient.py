@@ -14,15 +14,15 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
 
 from benchmarks.common import raise_fd_limit
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 
 TERMINAL = {"completed", "failed", "cancelled"}
 ECHO_METHOD = "/bench.Echo/Watch"
@@ -62,9 +62,10 @@ class Recorder:
             return cast(AsyncIterable[pb.RunEvent], watch(str(i % self.spec["runs"]).encode()))
         stub = pb_grpc.GenerationServiceStub(ch)
         if mode == "generate":
-            return stub.Generate(pb.GenerateRequest(workflow_json=self.spec["workflow"], workflow_name="bench"))
+            spec = pb.RunSpec(workflow_json=self.spec["workflow"], workflow_name="bench")
+            return _events(stub.Generate(pb.GenerateRequest(spec=spec)))
         run_ids = self.spec["run_ids"]
-        return stub.WatchRun(pb.WatchRunRequest(run_id=run_ids[i % len(run_ids)], after_seq=0))
+        return _events(stub.WatchRun(pb.WatchRunRequest(run_id=run_ids[i % len(run_ids)], after_seq=0)))
 
     def _on_event(self, s: Stream, event: pb.RunEvent, now: int) -> None:
         s.events += 1
@@ -136,3 +137,9 @@ async def main(spec: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     asyncio.run(main(json.loads(Path(sys.argv[1]).read_text())))
+
+
+async def _events(call: AsyncIterable[Any]) -> AsyncIterator[pb.RunEvent]:
+    """The events of a Generate or WatchRun call (each reply carries one)."""
+    async for reply in call:
+        yield reply.event

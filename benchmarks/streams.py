@@ -32,8 +32,8 @@ from benchmarks.common import (
     wait_for_file,
 )
 from benchmarks.stack import Sim, start_service, start_sim
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 
 
 def sampler_workflow(steps: int, seconds: float, phase: float = 0.0) -> str:
@@ -169,7 +169,10 @@ def generate_streams(work: Path, streams: int, steps: int, seconds: float, chann
 def _submit_runs(target: str, workflows: list[str]) -> list[str]:
     with grpc.insecure_channel(target) as ch:
         stub = pb_grpc.GenerationServiceStub(ch)
-        return [stub.Submit(pb.GenerateRequest(workflow_json=w, workflow_name="watch")).run_id for w in workflows]
+        return [
+            stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=w, workflow_name="watch"))).run.run_id
+            for w in workflows
+        ]
 
 
 def _watch_case(

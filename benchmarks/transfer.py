@@ -19,8 +19,8 @@ import grpc
 
 from benchmarks.common import Row, load_window, profiling, reset_peak_rss, rss_mb, status_kb
 from benchmarks.stack import start_service, start_sim
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 
 
 def blob_workflow(size_mb: int) -> str:
@@ -33,7 +33,10 @@ async def _via_service(target: str, workflow: str) -> tuple[str, int, dict[str, 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.GenerationServiceStub(channel)
         prompt_id, ready_ns, last = "", 0, ""
-        async for event in stub.Generate(pb.GenerateRequest(workflow_json=workflow, workflow_name="big")):
+        async for reply in stub.Generate(
+            pb.GenerateRequest(spec=pb.RunSpec(workflow_json=workflow, workflow_name="big"))
+        ):
+            event = reply.event
             kind = event.WhichOneof("kind") or ""
             last = kind
             if kind == "accepted":

@@ -208,7 +208,9 @@ class ComfyBackend:
                 if safe and attempt < self.retries:
                     attempt = await self._backoff(attempt, method, path, repr(exc))
                     continue
-                raise BackendUnavailable(f"backend {self.public_url} unreachable ({method} /{path}): {exc!r}") from exc
+                raise BackendUnavailable(
+                    f"backend {self.public_url} unreachable ({method} /{path}): {reason(exc)}"
+                ) from exc
             if resp.status < 500:
                 break
             text = (await resp.text(errors="replace"))[:200]
@@ -220,7 +222,7 @@ class ComfyBackend:
         try:
             yield resp
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendUnavailable(f"backend {self.public_url} broke off {method} /{path}: {exc!r}") from exc
+            raise BackendUnavailable(f"backend {self.public_url} broke off {method} /{path}: {reason(exc)}") from exc
         finally:
             resp.release()
 
@@ -345,7 +347,7 @@ class ComfyBackend:
                 text = (await resp.text(errors="replace")).strip()[:200]
                 self.probe_error = f"GET /system_stats answered {resp.status}: {text}"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.probe_error = f"unreachable: {exc!r}"[:300]
+            self.probe_error = f"unreachable: {reason(exc)}"[:300]
         return False
 
     async def upload(self, data: bytes, filename: str, subfolder: str = "") -> str:
@@ -377,4 +379,10 @@ class ComfyBackend:
                 async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
                     yield chunk
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise BackendUnavailable(f"download of {ref.filename!r} broke off: {exc!r}") from exc
+                raise BackendUnavailable(f"download of {ref.filename!r} broke off: {reason(exc)}") from exc
+
+
+def reason(exc: BaseException) -> str:
+    """An exception for people: aiohttp's own text ("Cannot connect to host h:p ssl:default [Connection
+    refused]") rather than its repr (ClientConnectorError(ConnectionKey(...)))."""
+    return str(exc) or type(exc).__name__

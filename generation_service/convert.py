@@ -12,12 +12,12 @@ from google.protobuf.message import Message
 
 from comfy_generation.runstore import MediaKind, RunStatus
 from comfy_generation.runstore import events as ev
+from comfygen.v1 import generation_pb2 as pb
 from generation_service.errors import MAX_MESSAGE_CHARS, MAX_PROBLEMS, InvalidRequest, excerpt
 from generation_service.pool import Member
 from generation_service.run_summary import RunSummary
 from generation_service.runner import RunSpec
 from generation_service.templating import ParamValue, Scalar, Template
-from generation_service.v1 import generation_pb2 as pb
 
 _MEDIA_TYPES = {
     MediaKind.IMAGE: pb.MEDIA_TYPE_IMAGE,
@@ -136,7 +136,7 @@ def run_to_proto(run: RunSummary) -> pb.Run:
         last_seq=run.last_seq,
         request_id=run.request_id,
         template=run.template,
-        params={name: json.dumps(value) for name, value in run.params.items()},
+        params={name: _recorded_param(value) for name, value in run.params.items()},
     )
     if run.finished:
         msg.finished.CopyFrom(_timestamp(run.finished))
@@ -164,6 +164,11 @@ def param_from_proto(value: pb.ParamValue) -> ParamValue:
     return result
 
 
+def _recorded_param(value: Any) -> pb.ParamValue:
+    # A record's params are JSON values; templates only record scalars (media as their description).
+    return param_to_proto(value) if isinstance(value, str | int | float) else pb.ParamValue(text=json.dumps(value))
+
+
 def param_to_proto(value: Scalar) -> pb.ParamValue:
     if isinstance(value, bool):  # before int: bool is an int
         return pb.ParamValue(flag=value)
@@ -179,7 +184,7 @@ def template_to_proto(template: Template) -> pb.Template:
     for param in template.params:
         out = msg.parameters.add(
             name=param.name,
-            type=param.type.value,
+            type=pb.ParameterType.Value(f"PARAMETER_TYPE_{param.type.name}"),
             description=param.description,
             required=param.required,
             choices=[param_to_proto(c) for c in param.choices],
@@ -197,7 +202,7 @@ def template_to_proto(template: Template) -> pb.Template:
     return msg
 
 
-def spec_from_proto(request: pb.GenerateRequest) -> RunSpec:
+def spec_from_proto(request: pb.RunSpec) -> RunSpec:
     timeouts = {}
     for field in ("queue_timeout", "execution_timeout"):
         if request.HasField(field):

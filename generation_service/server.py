@@ -16,15 +16,17 @@ from typing import Any
 import aiohttp
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from comfy_generation.runstore import RunOptions, RunStore
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service.auth import BearerTokenInterceptor
 from generation_service.errors import GenerationError
 from generation_service.follower import FollowPolicy
 from generation_service.health import ServiceHealth, watching_health
 from generation_service.metrics import Metrics, serving_metrics
 from generation_service.pool import BackendConfig, BackendPool, configs_from_file, configs_from_urls
+from generation_service.reflection import enable_reflection
 from generation_service.replicas.link import RedisLink
 from generation_service.replicas.runner import ReplicaRunner
 from generation_service.runner import Runner
@@ -33,8 +35,6 @@ from generation_service.settings import Settings
 from generation_service.storage_health import StorageHealth
 from generation_service.swarm_discovery import SwarmCredentials, SwarmDiscovery
 from generation_service.templating import TemplateCatalog, TemplateLoadError
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def create_server(
     pb_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(runner, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     try:
         port = (
             server.add_secure_port(settings.listen, _tls(settings))

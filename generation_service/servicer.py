@@ -20,6 +20,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service import run_index
 from generation_service.convert import (
     backend_to_proto,
@@ -48,8 +50,6 @@ from generation_service.errors import (
 from generation_service.metrics import Metrics
 from generation_service.runner import Runner
 from generation_service.templating import TemplateRequestError
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -87,33 +87,33 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self.runner = runner
         self.metrics = metrics
 
-    async def Generate(self, request: pb.GenerateRequest, context: Context) -> AsyncIterator[pb.RunEvent]:
-        handle = await _call(context, lambda: self.runner.start(spec_from_proto(request)))
+    async def Generate(self, request: pb.GenerateRequest, context: Context) -> AsyncIterator[pb.GenerateResponse]:
+        handle = await _call(context, lambda: self.runner.start(spec_from_proto(request.spec)))
         ended = False
         try:
             with self.metrics.streams.labels(rpc="Generate").track_inprogress():
                 async for event in handle.events():
-                    yield to_proto(event)
+                    yield pb.GenerateResponse(event=to_proto(event))
             ended = True
         finally:
             if not ended and request.on_disconnect != pb.DISCONNECT_POLICY_DETACH:
                 handle.cancel("the client cancelled the Generate call")
 
-    async def Submit(self, request: pb.GenerateRequest, context: Context) -> pb.Run:
-        async def submit() -> pb.Run:
-            handle = await self.runner.start(spec_from_proto(request))
-            return run_to_proto(await self.runner.get(handle.run_id))
+    async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.SubmitResponse:
+        async def submit() -> pb.SubmitResponse:
+            handle = await self.runner.start(spec_from_proto(request.spec))
+            return pb.SubmitResponse(run=run_to_proto(await self.runner.get(handle.run_id)))
 
         return await _call(context, submit)
 
-    async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.RunEvent]:
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.WatchRunResponse]:
         events = await _call(context, lambda: self.runner.watch(request.run_id, request.after_seq))
         with self.metrics.streams.labels(rpc="WatchRun").track_inprogress():
             async for event in events:
-                yield to_proto(event)
+                yield pb.WatchRunResponse(event=to_proto(event))
 
-    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.Run:
-        return await _call(context, lambda: _as_proto(self.runner.get(request.run_id)))
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        return pb.GetRunResponse(run=await _call(context, lambda: _as_proto(self.runner.get(request.run_id))))
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         async def list_runs() -> pb.ListRunsResponse:
@@ -142,8 +142,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
 
         return await _call(context, list_templates)
 
-    async def DescribeTemplate(self, request: pb.DescribeTemplateRequest, context: Context) -> pb.Template:
-        async def describe() -> pb.Template:
+    async def DescribeTemplate(
+        self, request: pb.DescribeTemplateRequest, context: Context
+    ) -> pb.DescribeTemplateResponse:
+        async def describe() -> pb.DescribeTemplateResponse:
             catalog = self.runner.templates
             if catalog is None:
                 raise TemplateNotFound("this service has no templates (its templates_dir setting is empty)")
@@ -151,7 +153,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             if not any(t.name == request.name for t in catalog.templates()):
                 known = ", ".join(t.name for t in catalog.templates()) or "none"
                 raise TemplateNotFound(f"no template {excerpt(request.name)!r}; known templates: {known}")
-            return template_to_proto(catalog.get(request.name))
+            return pb.DescribeTemplateResponse(template=template_to_proto(catalog.get(request.name)))
 
         return await _call(context, describe)
 
@@ -159,12 +161,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         members = self.runner.pool.members.values()
         return pb.ListBackendsResponse(backends=[backend_to_proto(m) for m in members])
 
-    async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.Run:
-        async def cancel() -> pb.Run:
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
+        async def cancel() -> pb.CancelRunResponse:
             if len(request.reason) > MAX_CANCEL_REASON:  # it is stored with the run and listed with it
                 raise InvalidRequest(f"reason must be at most {MAX_CANCEL_REASON} characters")
             reason = request.reason or "cancelled by CancelRun"
-            return run_to_proto(await self.runner.cancel(request.run_id, reason))
+            return pb.CancelRunResponse(run=run_to_proto(await self.runner.cancel(request.run_id, reason)))
 
         return await _call(context, cancel)
 

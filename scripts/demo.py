@@ -22,9 +22,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from comfygen.v1 import generation_pb2 as pb
 from genctl.output import ProgressView
 from generation_client import AsyncGenerationClient
-from generation_service.v1 import generation_pb2 as pb
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS: list[tuple[str, dict[str, Any]]] = [

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from comfy_simulator import Simulator, SimulatorSettings, running
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service.server import running_service
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
 from media_gateway.serve import running_gateway
 from media_gateway.settings import Settings as GatewaySettings
 from stack_helpers import Stack, StackFactory, service_settings

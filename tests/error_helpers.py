@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from generation_service.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2 as pb
 from stack_helpers import WORKFLOWS, Stack
 
 # What a default client accepts: 8 KiB of metadata in all. The service keeps a status's message and
@@ -50,13 +50,13 @@ def image_workflow() -> dict[str, Any]:
     return dict(json.loads((WORKFLOWS / "image.json").read_text()))
 
 
-async def rejected(stack: Stack, request: pb.GenerateRequest) -> grpc.aio.AioRpcError:
+async def rejected(stack: Stack, request: pb.RunSpec) -> grpc.aio.AioRpcError:
     """The error a Generate call ends with before any event."""
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stack.stub.Generate(request).read()
+        await stack.stub.Generate(pb.GenerateRequest(spec=request)).read()
     return info.value
 
 
 async def generate_error(stack: Stack, graph: object) -> grpc.aio.AioRpcError:
     text = graph if isinstance(graph, str) else json.dumps(graph)
-    return await rejected(stack, pb.GenerateRequest(workflow_json=text))
+    return await rejected(stack, pb.RunSpec(workflow_json=text))

@@ -15,7 +15,7 @@ from generation_service.settings import Settings
 from media_gateway.serve import RunningGateway
 
 if TYPE_CHECKING:  # a type that exists only in the generated .pyi
-    from generation_service.v1.generation_pb2_grpc import GenerationServiceAsyncStub
+    from comfygen.v1.generation_pb2_grpc import GenerationServiceAsyncStub
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "workflows"

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from comfy_generation.runstore.events import NodeProblem
+from comfygen.v1 import generation_pb2 as pb
 from error_helpers import (
     STATUS_BUDGET_BYTES,
     bad_request,
@@ -22,7 +23,6 @@ from gateway_helpers import read_metadata
 from generation_service import servicer
 from generation_service.errors import MAX_MESSAGE_CHARS, WorkflowRejected, excerpt
 from generation_service.templating import Problem, TemplateRequestError
-from generation_service.v1 import generation_pb2 as pb
 from stack_helpers import Stack
 
 
@@ -121,7 +121,7 @@ async def test_list_runs_pages_stop_at_the_size_budget(stack: Stack, monkeypatch
 async def test_absurd_template_params_are_invalid_argument_quoting_excerpts(
     stack: Stack, params: dict[str, pb.ParamValue], field: str, quoted: str
 ) -> None:
-    request = pb.GenerateRequest(template="sd35_text_to_image", params={"prompt": pb.ParamValue(text="a"), **params})
+    request = pb.RunSpec(template="sd35_text_to_image", params={"prompt": pb.ParamValue(text="a"), **params})
     error = await rejected(stack, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations = {v.field: v.description for v in bad_request(error).field_violations}
@@ -131,7 +131,7 @@ async def test_absurd_template_params_are_invalid_argument_quoting_excerpts(
 
 async def test_a_thousand_unknown_params_are_counted_not_listed(stack: Stack) -> None:
     params = {f"unknown_{i}": pb.ParamValue(text="1") for i in range(1000)}
-    error = await rejected(stack, pb.GenerateRequest(template="solid_image", params=params))
+    error = await rejected(stack, pb.RunSpec(template="solid_image", params=params))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     *named, rest = bad_request(error).field_violations
     assert 1 <= len(named) <= 20 and all(v.field.startswith("params.unknown_") for v in named)
@@ -143,7 +143,7 @@ async def test_unknown_template_names_are_quoted_as_excerpts(stack: Stack) -> No
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stack.stub.DescribeTemplate(pb.DescribeTemplateRequest(name="t" * 20_000))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and len(info.value.details() or "") < 500
-    error = await rejected(stack, pb.GenerateRequest(template="t" * 20_000))
+    error = await rejected(stack, pb.RunSpec(template="t" * 20_000))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown template" in str(error.details())
     assert sent_bytes(error) <= STATUS_BUDGET_BYTES
 

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from comfy_generation.runstore import signed_media_url
-from generation_service.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2 as pb
 from media_gateway.player import render_run_page
 from media_gateway.serve import running_gateway
 from media_gateway.settings import Settings
@@ -226,8 +226,8 @@ async def devtools(tmp_path: Path) -> AsyncIterator[DevTools]:
 
 
 async def make_run(stack: Stack) -> str:
-    request = pb.GenerateRequest(workflow_json=json.dumps(ALL_KINDS_WORKFLOW), workflow_name="browser check")
-    events = [event async for event in stack.stub.Generate(request)]
+    request = pb.RunSpec(workflow_json=json.dumps(ALL_KINDS_WORKFLOW), workflow_name="browser check")
+    events = [reply.event async for reply in stack.stub.Generate(pb.GenerateRequest(spec=request))]
     assert events[-1].HasField("completed"), events[-1]
     assert len(events[-1].completed.outputs) == 3
     return events[0].run_id

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from comfy_simulator.media import png_bytes
-from stack_helpers import REPO, WORKFLOWS, Stack
+from comfygen.v1 import generation_pb2 as pb
+from genctl.__main__ import target
+from stack_helpers import REPO, WORKFLOWS, Stack, StackFactory
 
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 
@@ -58,7 +63,7 @@ async def test_json_mode_prints_one_object_per_event_and_exits_0(stack: Stack) -
 async def test_human_mode_shows_progress_and_prints_the_urls(stack: Stack) -> None:
     code, out, err = await genctl(stack, "generate", str(WORKFLOWS / "image.json"))
     assert code == 0, err
-    assert "node 2 Sampler [" in err and "12/12" in err and "completed in" in err
+    assert "node 2 Sampler" in err and "100%" in err and "completed in" in err
     (url,) = out.split()
     assert url.startswith(f"{stack.gateway.base_url}/api/media/image/")
 
@@ -74,7 +79,7 @@ async def test_failed_run_exits_1_and_invalid_workflow_exits_2(stack: Stack, tmp
         )
     )
     code, _, err = await genctl(stack, "generate", str(failing))
-    assert code == 2 and "INVALID_ARGUMENT" in err and "node 1 (LoadAudio)" in err
+    assert code == 3 and "INVALID_ARGUMENT" in err and "node 1 (LoadAudio)" in err
 
     (stack.sim.settings.data_dir / "input" / "broken.wav").write_bytes(b"not audio")
     failing.write_text(
@@ -97,7 +102,7 @@ async def test_failed_run_exits_1_and_invalid_workflow_exits_2(stack: Stack, tmp
 async def test_genctl_templates_describe_and_generate_from_a_template(stack: Stack, tmp_path: Path) -> None:
     code, out, _ = await genctl(stack, "templates")
     assert code == 0 and "ace_step_instrumental" in out and "audio" in out
-    code, out, _ = await genctl(stack, "describe", "ace_step_instrumental")
+    code, out, _ = await genctl(stack, "describe", "ace_step_instrumental", "--json")
     assert code == 0 and {p["name"] for p in json.loads(out)["parameters"]} >= {"tags", "seconds", "seed"}
     picture = tmp_path / "in.png"
     picture.write_bytes(png_bytes(np.full((16, 16, 3), 90, np.uint8)))
@@ -118,25 +123,25 @@ async def test_genctl_templates_describe_and_generate_from_a_template(stack: Sta
     events = [json.loads(line) for line in out.splitlines()]
     assert events[0]["template"] == "sd35_image_to_image" and events[-1]["type"] == "completed"
     code, _, err = await genctl(stack, "generate", "--template", "ace_step_instrumental", "--param", "seconds=9999")
-    assert code == 2 and "params.seconds" in err
+    assert code == 3 and "params.seconds" in err
 
 
 async def test_genctl_submit_watch_get_list_cancel(stack: Stack, tmp_path: Path) -> None:
     workflow = tmp_path / "quick.json"
     workflow.write_text(json.dumps(quick_image()))
-    code, out, err = await genctl(stack, "submit", str(workflow))
+    code, out, err = await genctl(stack, "submit", str(workflow), "--json")
     assert code == 0, err
     run_id = json.loads(out)["run_id"]
     code, out, _ = await genctl(stack, "watch", run_id, "--json")
     assert code == 0 and json.loads(out.splitlines()[-1])["type"] == "completed"
-    code, out, _ = await genctl(stack, "get", run_id)
+    code, out, _ = await genctl(stack, "get", run_id, "--json")
     assert code == 0 and json.loads(out)["status"] == "completed"
-    code, out, _ = await genctl(stack, "list", "--status", "completed")
+    code, out, _ = await genctl(stack, "list", "--status", "completed", "--json")
     assert code == 0 and [r["run_id"] for r in json.loads(out)] == [run_id]
-    code, out, _ = await genctl(stack, "cancel", run_id)
+    code, out, _ = await genctl(stack, "cancel", run_id, "--json")
     assert code == 0 and json.loads(out)["status"] == "completed"  # finished runs stay as they are
     code, _, err = await genctl(stack, "get", UNKNOWN_RUN)
-    assert code == 2 and "NOT_FOUND" in err
+    assert code == 4 and "NOT_FOUND" in err
 
 
 async def test_genctl_backends_shows_each_backend(stack: Stack) -> None:
@@ -149,3 +154,47 @@ async def test_genctl_backends_shows_each_backend(stack: Stack) -> None:
     code, out, _ = await genctl(stack, "backends", "--json")
     (backend,) = json.loads(out)
     assert backend["name"] == stack.sim.comfy_url and backend["up"] is True
+
+
+def test_a_server_without_port_gets_the_default_port() -> None:
+    assert target("127.0.0.1") == "127.0.0.1:50051" and target("genservice") == "genservice:50051"
+    assert target("[::1]") == "[::1]:50051" and target("[::1]:7000") == "[::1]:7000"
+    assert target("dns:///genservice:50051") == "dns:///genservice:50051"
+
+
+async def test_an_unreachable_backend_is_one_readable_line_and_exit_5(stack_factory: StackFactory) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        stack = await stack_factory(backend_url=f"http://127.0.0.1:{unused.getsockname()[1]}")
+        code, _, err = await genctl(stack, "generate", "--template", "solid_image")
+    assert code == 5 and err.startswith("genctl: UNAVAILABLE: ") and len(err.strip().splitlines()) == 1, err
+    assert "ConnectionKey" not in err and "Error(" not in err
+
+
+async def test_ctrl_c_says_the_run_was_cancelled(stack: Stack, tmp_path: Path) -> None:
+    graph = quick_image()
+    graph["2"]["inputs"].update(steps=500, seconds=60)
+    workflow = tmp_path / "long.json"
+    workflow.write_text(json.dumps(graph))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "genctl",
+        "generate",
+        str(workflow),
+        "--json",
+        "--server",
+        f"127.0.0.1:{stack.service.port}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    while json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))["type"] != "node_progress":
+        pass
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130
+    (run_id,) = re.findall(r"run (\S+) cancelled", err.decode())
+    run = await stack.stub.GetRun(pb.GetRunRequest(run_id=run_id))
+    assert run.run.status == pb.RUN_STATUS_CANCELLED

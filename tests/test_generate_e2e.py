@@ -17,8 +17,8 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from comfy_generation.runstore.events import Cancelled
+from comfygen.v1 import generation_pb2 as pb
 from gateway_helpers import read_metadata
-from generation_service.v1 import generation_pb2 as pb
 from stack_helpers import WORKFLOWS, Stack, StackFactory
 
 
@@ -27,8 +27,8 @@ def load(name: str) -> dict[str, Any]:
 
 
 async def generate(stack: Stack, graph: dict[str, Any], **fields: Any) -> list[pb.RunEvent]:
-    request = pb.GenerateRequest(workflow_json=json.dumps(graph), **fields)
-    return [event async for event in stack.stub.Generate(request)]
+    request = pb.RunSpec(workflow_json=json.dumps(graph), **fields)
+    return [reply.event async for reply in stack.stub.Generate(pb.GenerateRequest(spec=request))]
 
 
 def kinds(events: list[pb.RunEvent]) -> list[str]:
@@ -172,7 +172,8 @@ async def expect_rpc_error(stack: Stack, graph: object, code: grpc.StatusCode) -
     text = graph if isinstance(graph, str) else json.dumps(graph)
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for event in stack.stub.Generate(pb.GenerateRequest(workflow_json=text)):
+        async for reply in stack.stub.Generate(pb.GenerateRequest(spec=pb.RunSpec(workflow_json=text))):
+            event = reply.event
             received.append(event)
     assert received == []
     assert info.value.code() == code
@@ -269,11 +270,11 @@ async def test_execution_error_ends_with_failed_naming_the_node(stack: Stack) ->
 async def test_cancelling_the_call_interrupts_the_backend_prompt(stack: Stack) -> None:
     graph = load("image.json")
     graph["2"]["inputs"].update(steps=200, seconds=60)
-    call = stack.stub.Generate(pb.GenerateRequest(workflow_json=json.dumps(graph)))
+    call = stack.stub.Generate(pb.GenerateRequest(spec=pb.RunSpec(workflow_json=json.dumps(graph))))
     run_id = ""
-    async for event in call:
-        run_id = event.run_id
-        if event.HasField("node_progress"):
+    async for reply in call:
+        run_id = reply.event.run_id
+        if reply.event.HasField("node_progress"):
             break
     handle = stack.service.runner.runs[run_id]
     assert handle.task is not None

@@ -11,10 +11,10 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from comfygen.v1 import generation_pb2 as pb
 from error_helpers import generate_error, image_workflow, rejected
 from generation_service import workflow
 from generation_service.errors import InvalidWorkflow
-from generation_service.v1 import generation_pb2 as pb
 from stack_helpers import Stack
 
 
@@ -55,7 +55,7 @@ async def test_an_integer_of_5000_digits_is_invalid_argument(stack: Stack) -> No
 async def test_timeouts_out_of_range_are_invalid_argument(stack: Stack) -> None:
     for field in ("queue_timeout", "execution_timeout"):
         for seconds in (10**15, -(10**15), 0, 604_801, 315_576_000_000):  # the last: Duration's own maximum
-            request = pb.GenerateRequest(workflow_json=json.dumps(image_workflow()))
+            request = pb.RunSpec(workflow_json=json.dumps(image_workflow()))
             getattr(request, field).CopyFrom(duration_pb2.Duration(seconds=seconds))
             error = await rejected(stack, request)
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, seconds)
@@ -65,9 +65,9 @@ async def test_timeouts_out_of_range_are_invalid_argument(stack: Stack) -> None:
 async def test_a_timeout_of_seven_days_is_accepted(stack: Stack) -> None:
     stack.sim.faults.stall = True  # it only has to be accepted
     week = duration_pb2.Duration(seconds=7 * 24 * 3600)
-    request = pb.GenerateRequest(workflow_json=json.dumps(image_workflow()), queue_timeout=week, execution_timeout=week)
-    run = await stack.stub.Submit(request)
-    cancelled = await stack.stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id))
+    request = pb.RunSpec(workflow_json=json.dumps(image_workflow()), queue_timeout=week, execution_timeout=week)
+    run = (await stack.stub.Submit(pb.SubmitRequest(spec=request))).run
+    cancelled = (await stack.stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id))).run
     assert cancelled.status == pb.RUN_STATUS_CANCELLED
 
 
@@ -99,14 +99,14 @@ async def test_page_tokens_not_issued_here_are_invalid_argument(stack: Stack) ->
 
 async def test_workflow_name_and_cancel_reason_have_a_length_limit(stack: Stack) -> None:
     graph = json.dumps(image_workflow())
-    error = await rejected(stack, pb.GenerateRequest(workflow_json=graph, workflow_name="n" * 257))
+    error = await rejected(stack, pb.RunSpec(workflow_json=graph, workflow_name="n" * 257))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "256 characters" in str(error.details())
     stack.sim.faults.stall = True
-    run = await stack.stub.Submit(pb.GenerateRequest(workflow_json=graph, workflow_name="n" * 256))
+    run = (await stack.stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=graph, workflow_name="n" * 256)))).run
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stack.stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id, reason="r" * 501))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "500 characters" in str(info.value.details())
-    cancelled = await stack.stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id, reason="r" * 500))
+    cancelled = (await stack.stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id, reason="r" * 500))).run
     assert cancelled.cancel_reason == "r" * 500
 
 

@@ -17,18 +17,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from comfy_generation.logformat import JsonFormatter, TextFormatter
 from comfy_generation.runstore import signature_problem
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from stack_helpers import WORKFLOWS, Stack, StackFactory
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def image_request(**fields: Any) -> pb.GenerateRequest:
+def image_request(**fields: Any) -> pb.RunSpec:
     graph = json.loads((WORKFLOWS / "image.json").read_text())
     graph["2"]["inputs"].update(steps=2, seconds=0.1)
-    return pb.GenerateRequest(workflow_json=json.dumps(graph), **fields)
+    return pb.RunSpec(workflow_json=json.dumps(graph), **fields)
 
 
 async def test_health_follows_the_backend(stack_factory: StackFactory) -> None:
@@ -36,7 +36,7 @@ async def test_health_follows_the_backend(stack_factory: StackFactory) -> None:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.service.port}")
     health: Any = health_pb2_grpc.HealthStub(channel)  # the published stubs omit the stub's methods
     seen = []
-    async for reply in health.Watch(health_pb2.HealthCheckRequest(service="generation_service.v1.GenerationService")):
+    async for reply in health.Watch(health_pb2.HealthCheckRequest(service="comfygen.v1.GenerationService")):
         seen.append(reply.status)
         if reply.status == SERVING and len(seen) == 1:
             stack.sim.faults.refuse_connections = True
@@ -61,7 +61,7 @@ async def scrape(stack: Stack) -> dict[str, float]:
 
 async def test_metrics_count_a_real_run(stack_factory: StackFactory) -> None:
     stack = await stack_factory(metrics_listen="127.0.0.1:0")
-    events = [e async for e in stack.stub.Generate(image_request())]
+    events = [reply.event async for reply in stack.stub.Generate(pb.GenerateRequest(spec=image_request()))]
     assert events[-1].HasField("completed")
     size = events[-1].completed.outputs[0].size_bytes
     async with httpx.AsyncClient() as http:
@@ -82,7 +82,9 @@ async def test_metrics_count_a_real_run(stack_factory: StackFactory) -> None:
     assert samples[f"generation_backend_dispatched_runs_total{backend}"] == 1
     assert samples["generation_backend_socket_reconnects_total"] == 0
     stack.sim.faults.drop_socket_after_frames = 0  # the next frame closes the socket: the service reconnects
-    assert [e async for e in stack.stub.Generate(image_request())][-1].HasField("completed")
+    assert [reply.event async for reply in stack.stub.Generate(pb.GenerateRequest(spec=image_request()))][-1].HasField(
+        "completed"
+    )
     stack.sim.faults.reset()
     assert await next(iter(stack.service.runner.pool.members.values())).client.wait_connected(10)
     assert (await scrape(stack))["generation_backend_socket_reconnects_total"] >= 1
@@ -97,12 +99,17 @@ async def test_bearer_tokens_are_required_except_for_health(stack_factory: Stack
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "Bearer" in str(info.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stack.stub.Generate(image_request(), metadata=metadata).read()
+            await stack.stub.Generate(pb.GenerateRequest(spec=image_request()), metadata=metadata).read()
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stack.stub.GetRun(unknown, metadata=(("authorization", "Bearer other-token"),))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND  # authenticated: the call reached the service
-    events = [e async for e in stack.stub.Generate(image_request(), metadata=(("authorization", "Bearer s3cret"),))]
+    events = [
+        reply.event
+        async for reply in stack.stub.Generate(
+            pb.GenerateRequest(spec=image_request()), metadata=(("authorization", "Bearer s3cret"),)
+        )
+    ]
     assert events[-1].HasField("completed")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.service.port}") as channel:
         health: Any = health_pb2_grpc.HealthStub(channel)
@@ -150,20 +157,20 @@ async def test_tls_and_mutual_tls(stack_factory: StackFactory, tmp_path: Path) -
 
 async def test_output_urls_are_signed_when_a_secret_is_set(stack_factory: StackFactory) -> None:
     stack = await stack_factory(media_signing_secret="shared-secret", media_url_ttl_seconds=600)
-    events = [e async for e in stack.stub.Generate(image_request())]
+    events = [reply.event async for reply in stack.stub.Generate(pb.GenerateRequest(spec=image_request()))]
     url = httpx.URL(events[-1].completed.outputs[0].url)
     expires, sig = url.params["expires"], url.params["sig"]
     assert signature_problem(url.path, expires, sig, "shared-secret", time.time()) is None
     assert int(expires) == pytest.approx(time.time() + 600, abs=30)
     assert signature_problem(url.path, expires, sig, "another-secret", time.time()) is not None
     assert signature_problem(url.path, expires, sig, "shared-secret", time.time() + 700) == "this URL has expired"
-    run = await stack.stub.GetRun(pb.GetRunRequest(run_id=events[0].run_id))
+    run = (await stack.stub.GetRun(pb.GetRunRequest(run_id=events[0].run_id))).run
     assert "sig=" in run.outputs[0].url  # GetRun signs afresh
 
 
 async def test_every_lifecycle_step_logs_its_run(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
-        events = [e async for e in stack.stub.Generate(image_request())]
+        events = [reply.event async for reply in stack.stub.Generate(pb.GenerateRequest(spec=image_request()))]
     run_id = events[0].run_id
     lines = [r for r in caplog.records if getattr(r, "run_id", None) == run_id]
     messages = [r.getMessage() for r in lines]

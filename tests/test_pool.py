@@ -17,9 +17,9 @@ import grpc
 import pytest
 
 from comfy_generation.runstore import RunStore
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service.server import running_service
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
 from process_helpers import SimProcess, free_port, start_simulator
 from stack_helpers import WORKFLOWS, service_settings
 
@@ -71,7 +71,7 @@ def sampler(steps: int = 10, seconds: float = 1.0, blur: bool = False) -> str:
 
 
 async def run_events(stub: Any, **fields: Any) -> list[pb.RunEvent]:
-    return [e async for e in stub.Generate(pb.GenerateRequest(**fields))]
+    return [reply.event async for reply in stub.Generate(pb.GenerateRequest(spec=pb.RunSpec(**fields)))]
 
 
 def assert_one_continuous_run(events: list[pb.RunEvent]) -> None:
@@ -129,10 +129,17 @@ async def test_a_killed_backend_loses_its_runs_to_the_others(
     spare_url = f"http://127.0.0.1:{spare_port}"
     async with pool_service(tmp_path, [doomed.url, spare_url]) as stub:
         await until_backend(stub, spare_url, up=False)  # not started yet: every run goes to the doomed one
-        running = await stub.Submit(
-            pb.GenerateRequest(workflow_json=sampler(steps=50, seconds=30), retry_on_backend_loss=retry)
-        )
-        queued = [await stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=4, seconds=0.4))) for _ in range(2)]
+        running = (
+            await stub.Submit(
+                pb.SubmitRequest(
+                    spec=pb.RunSpec(workflow_json=sampler(steps=50, seconds=30), retry_on_backend_loss=retry)
+                )
+            )
+        ).run
+        queued = [
+            (await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=sampler(steps=4, seconds=0.4))))).run
+            for _ in range(2)
+        ]
         assert {r.backend for r in [running, *queued]} == {doomed.url}
         watchers = {r.run_id: asyncio.create_task(_watch(stub, r.run_id)) for r in [running, *queued]}
         await _until_started(stub, running.run_id)
@@ -147,7 +154,7 @@ async def test_a_killed_backend_loses_its_runs_to_the_others(
             assert events[-1].HasField("completed"), events[-1]
             moved = [e for e in events if e.HasField("queued") and e.queued.backend]
             assert [e.queued.backend for e in moved] == [spare.url]
-            got = await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+            got = (await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))).run
             assert got.backend == spare.url and len(got.outputs) == 1
             assert await history_has(spare.url, got.prompt_id)
         events = results[running.run_id]
@@ -169,11 +176,12 @@ async def test_a_killed_backend_loses_its_runs_to_the_others(
 
 
 async def _watch(stub: Any, run_id: str) -> list[pb.RunEvent]:
-    return [e async for e in stub.WatchRun(pb.WatchRunRequest(run_id=run_id))]
+    return [reply.event async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run_id))]
 
 
 async def _until_started(stub: Any, run_id: str) -> None:
-    async for event in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
+    async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
+        event = reply.event
         if event.HasField("node_progress"):
             return
     raise AssertionError("the run ended before it started")
@@ -184,13 +192,16 @@ async def test_a_restarted_service_resumes_runs_on_the_backends_they_were_on(
 ) -> None:
     first, second = await simulators("first"), await simulators("second")
     async with pool_service(tmp_path, [first.url, second.url]) as stub:
-        runs = [await stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=10, seconds=1.5))) for _ in range(4)]
+        runs = [
+            (await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=sampler(steps=10, seconds=1.5))))).run
+            for _ in range(4)
+        ]
     assert {r.backend for r in runs} == {first.url, second.url}
     async with pool_service(tmp_path, [second.url, first.url]) as stub:
         for run in runs:
             events = await asyncio.wait_for(_watch(stub, run.run_id), 60)
             assert events[-1].HasField("completed"), events[-1]
-            got = await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+            got = (await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))).run
             assert got.backend == run.backend and await history_has(run.backend, got.prompt_id)
 
 
@@ -199,10 +210,10 @@ async def test_a_workflow_no_single_backend_can_run_fails_up_front(tmp_path: Pat
     no_sampler = await simulators("no-sampler", "--without-nodes", "SimulatedSampler")
     async with pool_service(tmp_path, [no_blur.url, no_sampler.url]) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Submit(pb.GenerateRequest(workflow_json=sampler(blur=True)))
+            await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=sampler(blur=True))))
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "ImageBlur" in str(info.value.details()) and "SimulatedSampler" in str(info.value.details())
         assert not list((tmp_path / "runs").iterdir())  # refused before anything was recorded
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Submit(pb.GenerateRequest(workflow_json=sampler(), backend_labels=["gpu"]))
+            await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=sampler(), backend_labels=["gpu"])))
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "labels" in str(info.value.details())

@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from comfy_simulator import Simulator, SimulatorSettings, running
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service.server import running_service
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
 from stack_helpers import service_settings
 from test_pool import assert_one_continuous_run, sampler
 
@@ -57,7 +57,12 @@ async def test_discovered_backends_are_pinned_on_every_request(swarm: Simulator,
     ]
 
     async def one() -> list[pb.RunEvent]:
-        return [e async for e in stub.Generate(pb.GenerateRequest(workflow_json=sampler(steps=6, seconds=1.0)))]
+        return [
+            reply.event
+            async for reply in stub.Generate(
+                pb.GenerateRequest(spec=pb.RunSpec(workflow_json=sampler(steps=6, seconds=1.0)))
+            )
+        ]
 
     runs = await asyncio.gather(one(), one())
     placed = set()
@@ -74,14 +79,15 @@ async def test_discovered_backends_are_pinned_on_every_request(swarm: Simulator,
 
 
 async def test_a_backend_that_disappears_fails_its_executing_runs(swarm: Simulator, stub: Any) -> None:
-    run = await stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=40, seconds=20)))
-    async for event in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id)):
+    run = (await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=sampler(steps=40, seconds=20))))).run
+    async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id)):
+        event = reply.event
         if event.HasField("node_progress"):
             break
     backend_id = int(run.backend.removeprefix("swarm-"))
     async with aiohttp.ClientSession() as http, http.delete(f"{swarm.comfy_url}/sim/backends/{backend_id}") as resp:
         assert resp.status == 200
-    events = [e async for e in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
+    events = [reply.event async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
     assert_one_continuous_run(events)
     assert events[-1].failed.code == pb.FAILURE_CODE_BACKEND_LOST
     names = [b.name for b in (await stub.ListBackends(pb.ListBackendsRequest())).backends]

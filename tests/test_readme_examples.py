@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,26 +24,47 @@ def example(marker: str) -> str:
     return block
 
 
-async def test_the_starlette_relay_streams_a_run_as_server_sent_events(stack: Stack) -> None:
+async def test_the_starlette_relay_streams_a_run_as_server_sent_events(stack: Stack, tmp_path: Path) -> None:
     code = example("text/event-stream").replace("genservice:50051", f"127.0.0.1:{stack.service.port}")
-    namespace: dict[str, Any] = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    transport = httpx.ASGITransport(app=namespace["app"])
-    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as browser:
-        started = await browser.post("/runs", json={"prompt": 'a "quoted" fox'})
-        run_id = started.json()["run_id"]
-        async with browser.stream("GET", f"/runs/{run_id}/events") as response:
-            assert response.headers["content-type"].startswith("text/event-stream")
-            body = (await response.aread()).decode()
-        resumed = (await browser.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": "2"})).text
-    await namespace["client"].close()
+    (tmp_path / "relay.py").write_text(code)
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "relay:app",
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert server.stderr is not None
+        while b"Application startup complete" not in await asyncio.wait_for(server.stderr.readline(), 30):
+            pass
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as browser:
+            started = await browser.post("/runs", json={"prompt": 'a "quoted" fox'})
+            run_id = started.json()["run_id"]
+            async with browser.stream("GET", f"/runs/{run_id}/events") as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                body = (await response.aread()).decode()
+            resumed = (await browser.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": "2"})).text
+    finally:
+        server.terminate()
+        await server.wait()
 
     events = [json.loads(line.removeprefix("data: ")) for line in body.splitlines() if line.startswith("data: ")]
     ids = [int(line.removeprefix("id: ")) for line in body.splitlines() if line.startswith("id: ")]
-    assert ids == list(range(1, len(ids) + 1))
+    assert ids == list(range(1, len(ids) + 1)) == [e["seq"] for e in events]
     assert events[0]["type"] == "accepted" and events[-1]["type"] == "completed"
-    assert events[-1]["completed"]["outputs"][0]["mime"] == "image/png"
+    assert events[-1]["outputs"][0]["mime"] == "image/png"
     assert [int(line[4:]) for line in resumed.splitlines() if line.startswith("id: ")][0] == 3  # Last-Event-ID
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def test_the_client_example_reports_parameter_problems(stack: Stack, capsys: Any) -> None:

@@ -25,8 +25,8 @@ from comfy_generation.runstore import (
 )
 from comfy_generation.runstore.events import _TYPE_NAMES, FailureCode, NodeProblem, RunEvent, StoredOutput
 from comfy_simulator.__main__ import parse_args as simulator_args
+from comfygen.v1 import generation_pb2 as pb
 from generation_service.settings import Settings
-from generation_service.v1 import generation_pb2 as pb
 from stack_helpers import REPO
 
 README = (REPO / "README.md").read_text()

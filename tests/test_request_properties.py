@@ -23,15 +23,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from comfy_simulator import SimulatorSettings, running
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from error_helpers import STATUS_BUDGET_BYTES, details_bin, rich_status, sent_bytes
 from generation_service.server import running_service
 from generation_service.settings import SHIPPED_TEMPLATES_DIR
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
 from stack_helpers import WORKFLOWS, service_settings
 
 if TYPE_CHECKING:
-    from generation_service.v1.generation_pb2_grpc import GenerationServiceAsyncStub
+    from comfygen.v1.generation_pb2_grpc import GenerationServiceAsyncStub
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -64,10 +64,15 @@ async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ser
             grpc.aio.insecure_channel(f"127.0.0.1:{running_.port}") as ch,
         ):
             stub = pb_grpc.GenerationServiceStub(ch)
-            completed = [e async for e in stub.Generate(pb.GenerateRequest(template="solid_image"))]
+            completed = [
+                reply.event
+                async for reply in stub.Generate(pb.GenerateRequest(spec=pb.RunSpec(template="solid_image")))
+            ]
             assert completed[-1].HasField("completed")
             with pytest.raises(grpc.aio.AioRpcError):
-                await stub.Submit(pb.GenerateRequest(workflow_json='{"1": {"class_type": "Nope", "inputs": {}}}'))
+                await stub.Submit(
+                    pb.SubmitRequest(spec=pb.RunSpec(workflow_json='{"1": {"class_type": "Nope", "inputs": {}}}'))
+                )
             first = await stub.ListRuns(pb.ListRunsRequest(page_size=1))
             assert first.next_page_token
             sim.faults.stall = True
@@ -95,7 +100,7 @@ async def check_generate(stub: GenerationServiceAsyncStub, request: pb.GenerateR
         return
     finally:
         call.cancel()  # an accepted run waits in the stalled queue: cancelling the call cancels it
-    assert isinstance(first, pb.RunEvent) and first.HasField("accepted")
+    assert isinstance(first, pb.GenerateResponse) and first.event.HasField("accepted")
     event("accepted")
 
 
@@ -162,8 +167,6 @@ request_options: st.SearchStrategy[dict[str, Any]] = st.just({}) | st.fixed_dict
         "request_id": st.text(max_size=140)
         | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=8),
         "include_previews": st.booleans(),
-        # DETACH would leave each accepted run waiting in the stalled queue for the rest of the module.
-        "on_disconnect": st.sampled_from([pb.DISCONNECT_POLICY_UNSPECIFIED, pb.DISCONNECT_POLICY_CANCEL]),
         "queue_timeout": durations,
         "execution_timeout": durations,
     },
@@ -182,8 +185,17 @@ param_values = st.one_of(
 params = st.dictionaries(st.sampled_from(PARAM_NAMES) | st.text(max_size=20) | long_texts, param_values, max_size=6)
 
 
+# DETACH would leave each accepted run waiting in the stalled queue for the rest of the module.
+policies = st.sampled_from([pb.DISCONNECT_POLICY_UNSPECIFIED, pb.DISCONNECT_POLICY_CANCEL])
+
+
 def generate_requests(source: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[pb.GenerateRequest]:
-    return st.builds(lambda fields, options: pb.GenerateRequest(**fields, **options), source, request_options)
+    return st.builds(
+        lambda fields, options, policy: pb.GenerateRequest(spec=pb.RunSpec(**fields, **options), on_disconnect=policy),
+        source,
+        request_options,
+        policies,
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -258,8 +270,8 @@ async def test_any_watch_request_gets_a_documented_status(service: Service, run_
         run_id = service.finished_runs[int(run_id[-1])]
     try:
         events = [
-            e
-            async for e in service.stub.WatchRun(
+            reply.event
+            async for reply in service.stub.WatchRun(
                 pb.WatchRunRequest(run_id=run_id, after_seq=after_seq), timeout=CALL_TIMEOUT_S
             )
         ]

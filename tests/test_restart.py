@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from comfy_simulator import Simulator
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from media_gateway.serve import running_gateway
 from media_gateway.settings import Settings as GatewaySettings
 from stack_helpers import REPO, WORKFLOWS
@@ -114,16 +114,17 @@ def workflow(steps: int, seconds: float) -> str:
 
 async def test_a_run_killed_mid_execution_completes_after_restart(service_process, simulator: Simulator) -> None:
     service, stub, _ = await service_process()
-    run = await stub.Submit(pb.GenerateRequest(workflow_json=workflow(steps=40, seconds=2.0)))
+    run = (await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=workflow(steps=40, seconds=2.0))))).run
     seen: list[pb.RunEvent] = []
-    async for event in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id)):
+    async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id)):
+        event = reply.event
         seen.append(event)
         if event.HasField("node_progress"):
             break
     await service.kill()
 
     _, stub, _ = await service_process()
-    rest = [e async for e in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id, after_seq=seen[-1].seq))]
+    rest = [reply.event async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id, after_seq=seen[-1].seq))]
     events = seen + rest
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert rest[-1].HasField("completed"), rest[-1]
@@ -131,18 +132,18 @@ async def test_a_run_killed_mid_execution_completes_after_restart(service_proces
     async with httpx.AsyncClient() as http:
         body = (await http.get(output.url)).content
     assert hashlib.sha256(body).hexdigest() == output.sha256
-    again = await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+    again = (await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))).run
     assert again.status == pb.RUN_STATUS_COMPLETED and len(again.outputs) == 1
 
 
 async def test_a_queued_run_survives_a_restart(service_process, simulator: Simulator) -> None:
     simulator.faults.stall = True
     service, stub, _ = await service_process()
-    run = await stub.Submit(pb.GenerateRequest(workflow_json=workflow(steps=2, seconds=0.1)))
+    run = (await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=workflow(steps=2, seconds=0.1))))).run
     await service.kill()
     _, stub, _ = await service_process()
     simulator.faults.stall = False
-    events = [e async for e in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
+    events = [reply.event async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
     assert events[-1].HasField("completed") and len(events[-1].completed.outputs) == 1
 
 
@@ -151,12 +152,12 @@ async def test_a_prompt_the_backend_forgot_during_the_restart_fails_with_a_reaso
 ) -> None:
     simulator.faults.stall = True
     service, stub, _ = await service_process()
-    run = await stub.Submit(pb.GenerateRequest(workflow_json=workflow(steps=2, seconds=0.1)))
+    run = (await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=workflow(steps=2, seconds=0.1))))).run
     await service.kill()
     async with aiohttp.ClientSession() as http:  # the backend restarts too: its queue is gone
         async with http.post(f"{simulator.comfy_url}/queue", json={"clear": True}) as resp:
             assert resp.status == 200
     _, stub, _ = await service_process()
-    events = [e async for e in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
+    events = [reply.event async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
     assert events[-1].failed.code == pb.FAILURE_CODE_PROMPT_LOST
-    assert (await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))).status == pb.RUN_STATUS_FAILED
+    assert ((await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))).run).status == pb.RUN_STATUS_FAILED

@@ -13,7 +13,7 @@ import random
 import av
 import grpc
 
-from generation_service.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2 as pb
 from stack_helpers import WORKFLOWS, StackFactory
 
 RUNS = 24
@@ -51,11 +51,15 @@ async def test_soak_every_run_ends_once_with_its_own_outputs(stack_factory: Stac
 
     async def one(color: int) -> tuple[int, list[pb.RunEvent]]:
         async with limit:
-            run = await stack.stub.Submit(pb.GenerateRequest(workflow_json=workflow(color, rng.randint(2, 10))))
+            run = (
+                await stack.stub.Submit(
+                    pb.SubmitRequest(spec=pb.RunSpec(workflow_json=workflow(color, rng.randint(2, 10))))
+                )
+            ).run
             if rng.random() < 0.25:
                 await asyncio.sleep(rng.uniform(0, 0.3))
                 await stack.stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id, reason="soak"))
-            events = [e async for e in stack.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
+            events = [reply.event async for reply in stack.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
             return color, events
 
     chaos_task = asyncio.create_task(chaos())
@@ -76,7 +80,7 @@ async def test_soak_every_run_ends_once_with_its_own_outputs(stack_factory: Stac
         terminal = [k for k in kinds if k in ("completed", "failed", "cancelled")]
         assert terminal == [kinds[-1]], kinds
         ends[kinds[-1] or ""] = ends.get(kinds[-1] or "", 0) + 1
-        run = await stack.stub.GetRun(pb.GetRunRequest(run_id=events[0].run_id))
+        run = (await stack.stub.GetRun(pb.GetRunRequest(run_id=events[0].run_id))).run
         assert pb.RunStatus.Name(run.status).lower().endswith(kinds[-1] or "")
         if kinds[-1] != "completed":
             assert not run.outputs

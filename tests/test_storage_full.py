@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from comfy_generation.runstore import RunStatus, RunStore
 from comfy_generation.runstore.events import FailureCode
-from generation_service.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2 as pb
 from stack_helpers import WORKFLOWS, Stack, StackFactory
 
 VOLUME_BYTES = 8 * 1024 * 1024
@@ -50,11 +50,11 @@ def fill(volume: Path, leave: int = 0) -> Path:
     return filler
 
 
-def sampler_request(steps: int, seconds: float) -> pb.GenerateRequest:
+def sampler_request(steps: int, seconds: float) -> pb.RunSpec:
     graph = json.loads((WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=64, height=64)
     graph["2"]["inputs"].update(steps=steps, seconds=seconds)
-    return pb.GenerateRequest(workflow_json=json.dumps(graph))
+    return pb.RunSpec(workflow_json=json.dumps(graph))
 
 
 async def health_becomes(stack: Stack, status: int) -> None:
@@ -93,7 +93,8 @@ async def test_runs_in_flight_fail_with_a_storage_error_and_are_recorded_once_sp
     await health_becomes(stack, health_pb2.HealthCheckResponse.SERVING)
     events: list[pb.RunEvent] = []
     filler = None
-    async for event in stack.stub.Generate(sampler_request(steps=200, seconds=8.0)):
+    async for reply in stack.stub.Generate(pb.GenerateRequest(spec=sampler_request(steps=200, seconds=8.0))):
+        event = reply.event
         events.append(event)
         if event.HasField("node_progress") and filler is None:
             filler = fill(runs_volume)  # the disk fills up mid-run
@@ -106,7 +107,7 @@ async def test_runs_in_flight_fail_with_a_storage_error_and_are_recorded_once_sp
 
     folders = sorted(p.name for p in runs_volume.iterdir())
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stack.stub.Submit(sampler_request(steps=2, seconds=0.1))
+        await stack.stub.Submit(pb.SubmitRequest(spec=sampler_request(steps=2, seconds=0.1)))
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "run storage is full" in str(refused.value.details())
     assert sorted(p.name for p in runs_volume.iterdir()) == folders  # no folder left behind
@@ -123,10 +124,13 @@ async def test_runs_in_flight_fail_with_a_storage_error_and_are_recorded_once_sp
     assert [e.seq for e in journaled] == [e.seq for e in events]  # every event, once, in order
     assert journaled[-1].is_terminal
     assert record.outputs() == [] and leftovers(runs_volume) == []
-    replayed = [e async for e in stack.stub.WatchRun(pb.WatchRunRequest(run_id=run_id))]
+    replayed = [reply.event async for reply in stack.stub.WatchRun(pb.WatchRunRequest(run_id=run_id))]
     assert [e.seq for e in replayed] == [e.seq for e in events]
 
-    after = [e async for e in stack.stub.Generate(sampler_request(steps=2, seconds=0.1))]
+    after = [
+        reply.event
+        async for reply in stack.stub.Generate(pb.GenerateRequest(spec=sampler_request(steps=2, seconds=0.1)))
+    ]
     assert after[-1].HasField("completed")  # the service carries on without a restart
 
 
@@ -138,7 +142,10 @@ async def test_an_output_larger_than_the_free_space_fails_its_run_and_leaves_no_
     graph["1"]["inputs"]["duration"] = 90.0  # 128 kbit/s MP3: about 1.4 MB, much more than is left
     del graph["3"]
     fill(runs_volume, leave=256 * 1024)
-    events = [e async for e in stack.stub.Generate(pb.GenerateRequest(workflow_json=json.dumps(graph)))]
+    events = [
+        reply.event
+        async for reply in stack.stub.Generate(pb.GenerateRequest(spec=pb.RunSpec(workflow_json=json.dumps(graph))))
+    ]
     assert events[-1].failed.code == pb.FAILURE_CODE_STORAGE_ERROR
     message = events[-1].failed.message
     assert "run storage is full" in message and "storing output" in message

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from comfy_simulator.media import png_bytes
+from comfygen.v1 import generation_pb2 as pb
 from gateway_helpers import read_metadata
 from generation_client.requests import param_value
-from generation_service.v1 import generation_pb2 as pb
 from stack_helpers import Stack
 
 
 async def run(stack: Stack, name: str, params: dict[str, Any]) -> tuple[dict[str, Any], list[pb.RunEvent]]:
     """Generate from a template; the run's metadata.json and its events."""
-    request = pb.GenerateRequest(template=name, params={k: param_value(v) for k, v in params.items()})
-    events = [event async for event in stack.stub.Generate(request)]
+    request = pb.RunSpec(template=name, params={k: param_value(v) for k, v in params.items()})
+    events = [reply.event async for reply in stack.stub.Generate(pb.GenerateRequest(spec=request))]
     assert events[-1].WhichOneof("kind") == "completed", events[-1]
     assert events[0].accepted.template == name
     metadata = read_metadata(stack.runs_dir, events[0].run_id)

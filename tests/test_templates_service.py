@@ -15,10 +15,10 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from comfy_simulator import Simulator
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service.server import running_service
 from generation_service.settings import SHIPPED_TEMPLATES_DIR
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
 from stack_helpers import Stack, StackFactory, service_settings
 
 SHIPPED = {
@@ -44,14 +44,14 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
 async def test_list_and_describe_templates(stack: Stack) -> None:
     listed = await stack.stub.ListTemplates(pb.ListTemplatesRequest())
     assert {t.name for t in listed.templates} == SHIPPED
-    ace = await stack.stub.DescribeTemplate(pb.DescribeTemplateRequest(name="ace_step_instrumental"))
+    ace = (await stack.stub.DescribeTemplate(pb.DescribeTemplateRequest(name="ace_step_instrumental"))).template
     assert ace.media == pb.MEDIA_TYPE_AUDIO and ace.description
     params = {p.name: p for p in ace.parameters}
     seconds = params["seconds"]
-    assert (seconds.type, seconds.required, seconds.min, seconds.max) == ("float", False, 1.0, 240.0)
+    assert (seconds.type, seconds.required, seconds.min, seconds.max) == (pb.PARAMETER_TYPE_FLOAT, False, 1.0, 240.0)
     assert seconds.default_value.number == 30.0
-    assert params["seed"].type == "seed" and params["seed"].default_value.text == "random"
-    sd = await stack.stub.DescribeTemplate(pb.DescribeTemplateRequest(name="sd35_text_to_image"))
+    assert params["seed"].type == pb.PARAMETER_TYPE_SEED and params["seed"].default_value.text == "random"
+    sd = (await stack.stub.DescribeTemplate(pb.DescribeTemplateRequest(name="sd35_text_to_image"))).template
     assert {p.name for p in sd.parameters if p.required} == {"prompt"}
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stack.stub.DescribeTemplate(pb.DescribeTemplateRequest(name="nope"))
@@ -59,7 +59,7 @@ async def test_list_and_describe_templates(stack: Stack) -> None:
 
 
 async def test_every_parameter_problem_is_reported_at_once(stack: Stack) -> None:
-    request = pb.GenerateRequest(
+    request = pb.RunSpec(
         template="sd35_text_to_image",
         params={
             "width": pb.ParamValue(text="wide"),
@@ -68,7 +68,7 @@ async def test_every_parameter_problem_is_reported_at_once(stack: Stack) -> None
         },
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stack.stub.Generate(request).read()
+        await stack.stub.Generate(pb.GenerateRequest(spec=request)).read()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = violations(info.value)
     assert set(fields) == {"params.width", "params.steps", "params.colour", "params.prompt"}
@@ -76,20 +76,22 @@ async def test_every_parameter_problem_is_reported_at_once(stack: Stack) -> None
     assert list(stack.runs_dir.iterdir()) == []  # nothing was recorded or submitted
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stack.stub.Submit(pb.GenerateRequest(template="no_such_template"))
+        await stack.stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(template="no_such_template")))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown template" in str(info.value.details())
 
     raw = json.dumps({"1": {"class_type": "EmptyImage", "inputs": {}}})
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stack.stub.Submit(pb.GenerateRequest(workflow_json=raw, params={"x": pb.ParamValue(text="1")}))
+        await stack.stub.Submit(
+            pb.SubmitRequest(spec=pb.RunSpec(workflow_json=raw, params={"x": pb.ParamValue(text="1")}))
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "go with a template" in str(info.value.details())
 
 
 async def test_media_over_the_limit_is_refused(stack_factory: StackFactory) -> None:
     stack = await stack_factory(max_input_media_bytes=1024)
-    request = pb.GenerateRequest(template="blur_image", params={"image": pb.ParamValue(data=b"\x89PNG" + b"0" * 4096)})
+    request = pb.RunSpec(template="blur_image", params={"image": pb.ParamValue(data=b"\x89PNG" + b"0" * 4096)})
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stack.stub.Generate(request).read()
+        await stack.stub.Generate(pb.GenerateRequest(spec=request)).read()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "params.image" in violations(info.value)
 
@@ -104,7 +106,9 @@ async def test_templates_dropped_into_the_folder_are_served_without_restart(
     for name in ("solid_image.template.json", "solid_image.workflow.json"):
         shutil.copy(SHIPPED_TEMPLATES_DIR / name, folder / name)
     assert [t.name for t in (await stack.stub.ListTemplates(pb.ListTemplatesRequest())).templates] == ["solid_image"]
-    events = [e async for e in stack.stub.Generate(pb.GenerateRequest(template="solid_image"))]
+    events = [
+        reply.event async for reply in stack.stub.Generate(pb.GenerateRequest(spec=pb.RunSpec(template="solid_image")))
+    ]
     assert events[-1].HasField("completed")
 
 

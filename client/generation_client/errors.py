@@ -7,6 +7,8 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from comfygen.v1 import generation_pb2 as pb
+
 
 class GenerationClientError(Exception):
     """A call failed. ``code`` is the gRPC status; ``violations`` maps each field to fix (for a
@@ -49,6 +51,19 @@ class UnavailableError(GenerationClientError):
 
 class AuthenticationError(GenerationClientError):
     """UNAUTHENTICATED: a missing or wrong bearer token."""
+
+
+class RunFailedError(Exception):
+    """``run()`` only: the call went through but the run ended ``failed`` or ``cancelled``. ``run`` is the
+    final Run: ``run.failure`` (code, message, node) or ``run.cancel_reason`` says why."""
+
+    def __init__(self, run: pb.Run) -> None:
+        if run.status == pb.RUN_STATUS_CANCELLED:
+            why = f"cancelled: {run.cancel_reason}"
+        else:
+            why = f"failed ({pb.FailureCode.Name(run.failure.code)}): {run.failure.message}"
+        super().__init__(f"run {run.run_id} {why}")
+        self.run = run
 
 
 _CLASSES: dict[grpc.StatusCode, type[GenerationClientError]] = {

@@ -19,6 +19,11 @@ Error model, decided once for every RPC:
    the stream ends with exactly one terminal event (`completed`, `failed` or `cancelled`) and then
    closes with status OK. A node that raises, a backend that forgets the prompt or an output that
    cannot be stored is a `failed` event, not an RPC error.
+
+For JavaScript and other JSON users (proto3 JSON mapping): 64-bit integers (`uint64`, `int64`: seq,
+seeds, sizes) are JSON strings, since a JS number is exact only up to 2^53; read them with BigInt or a
+Long type, or as strings. `workflow_json` is JSON text inside a string field: parse it (or stringify
+your workflow object) yourself. Durations are strings such as "1.5s", timestamps RFC 3339 strings.
 """
 
 from collections import abc as _abc
@@ -38,6 +43,50 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ParameterType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ParameterTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ParameterType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARAMETER_TYPE_UNSPECIFIED: _ParameterType.ValueType  # 0
+    PARAMETER_TYPE_STRING: _ParameterType.ValueType  # 1
+    """Text, up to `max_length` characters."""
+    PARAMETER_TYPE_INT: _ParameterType.ValueType  # 2
+    """A 64-bit integer within [min, max], counting from `min` in `step`s."""
+    PARAMETER_TYPE_FLOAT: _ParameterType.ValueType  # 3
+    """A number within [min, max]."""
+    PARAMETER_TYPE_BOOL: _ParameterType.ValueType  # 4
+    PARAMETER_TYPE_SEED: _ParameterType.ValueType  # 5
+    """An unsigned integer, or the text "random" (drawn per run and reported in `accepted`)."""
+    PARAMETER_TYPE_ENUM: _ParameterType.ValueType  # 6
+    """One of `choices`."""
+    PARAMETER_TYPE_IMAGE: _ParameterType.ValueType  # 7
+    """Media files: the file's bytes in `data`, or the text "run:<run_id>/<type>/<index>"."""
+    PARAMETER_TYPE_AUDIO: _ParameterType.ValueType  # 8
+    PARAMETER_TYPE_VIDEO: _ParameterType.ValueType  # 9
+
+class ParameterType(_ParameterType, metaclass=_ParameterTypeEnumTypeWrapper):
+    """The kind of value a template parameter takes (a template's `type`: string, int, float, ...)."""
+
+PARAMETER_TYPE_UNSPECIFIED: ParameterType.ValueType  # 0
+PARAMETER_TYPE_STRING: ParameterType.ValueType  # 1
+"""Text, up to `max_length` characters."""
+PARAMETER_TYPE_INT: ParameterType.ValueType  # 2
+"""A 64-bit integer within [min, max], counting from `min` in `step`s."""
+PARAMETER_TYPE_FLOAT: ParameterType.ValueType  # 3
+"""A number within [min, max]."""
+PARAMETER_TYPE_BOOL: ParameterType.ValueType  # 4
+PARAMETER_TYPE_SEED: ParameterType.ValueType  # 5
+"""An unsigned integer, or the text "random" (drawn per run and reported in `accepted`)."""
+PARAMETER_TYPE_ENUM: ParameterType.ValueType  # 6
+"""One of `choices`."""
+PARAMETER_TYPE_IMAGE: ParameterType.ValueType  # 7
+"""Media files: the file's bytes in `data`, or the text "run:<run_id>/<type>/<index>"."""
+PARAMETER_TYPE_AUDIO: ParameterType.ValueType  # 8
+PARAMETER_TYPE_VIDEO: ParameterType.ValueType  # 9
+Global___ParameterType: _TypeAlias = ParameterType  # noqa: Y015
 
 class _DisconnectPolicy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -183,6 +232,100 @@ Global___FailureCode: _TypeAlias = FailureCode  # noqa: Y015
 
 @_typing.final
 class GenerateRequest(_message.Message):
+    """Generate's request: what to run, and what a cancelled call does to the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    on_disconnect: Global___DisconnectPolicy.ValueType
+    """What a cancelled Generate call does to its run."""
+    @_builtins.property
+    def spec(self) -> Global___RunSpec:
+        """What to run."""
+
+    def __init__(
+        self,
+        *,
+        spec: Global___RunSpec | None = ...,
+        on_disconnect: Global___DisconnectPolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_disconnect", b"on_disconnect", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class GenerateResponse(_message.Message):
+    """One event of the run, in seq order; the last one is terminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___RunEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___RunEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
+
+@_typing.final
+class SubmitRequest(_message.Message):
+    """Submit's request: what to run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___RunSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: Global___RunSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
+
+@_typing.final
+class SubmitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The accepted run."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
+
+@_typing.final
+class RunSpec(_message.Message):
     """What to run: a raw workflow, or a named template with parameters."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -214,7 +357,6 @@ class GenerateRequest(_message.Message):
     WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
     INCLUDE_PREVIEWS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    ON_DISCONNECT_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     EXECUTION_TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRY_ON_BACKEND_LOSS_FIELD_NUMBER: _builtins.int
@@ -241,8 +383,6 @@ class GenerateRequest(_message.Message):
     request with an id the service has seen returns that run instead of starting a second one.
     Reusing an id for a different request is FAILED_PRECONDITION.
     """
-    on_disconnect: Global___DisconnectPolicy.ValueType
-    """What a cancelled Generate call does to its run. Ignored by Submit."""
     retry_on_backend_loss: _builtins.bool
     """When the backend dies while the run executes, resubmit it once to another capable backend instead
     of failing it with FAILURE_CODE_BACKEND_LOST. Off by default: the generation starts over, repeating
@@ -283,7 +423,6 @@ class GenerateRequest(_message.Message):
         workflow_name: _builtins.str = ...,
         include_previews: _builtins.bool = ...,
         request_id: _builtins.str = ...,
-        on_disconnect: Global___DisconnectPolicy.ValueType = ...,
         queue_timeout: _duration_pb2.Duration | None = ...,
         execution_timeout: _duration_pb2.Duration | None = ...,
         retry_on_backend_loss: _builtins.bool = ...,
@@ -291,13 +430,13 @@ class GenerateRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "queue_timeout", b"queue_timeout", "source", b"source", "template", b"template", "workflow_json", b"workflow_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_labels", b"backend_labels", "execution_timeout", b"execution_timeout", "include_previews", b"include_previews", "on_disconnect", b"on_disconnect", "params", b"params", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "retry_on_backend_loss", b"retry_on_backend_loss", "source", b"source", "template", b"template", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_labels", b"backend_labels", "execution_timeout", b"execution_timeout", "include_previews", b"include_previews", "params", b"params", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "retry_on_backend_loss", b"retry_on_backend_loss", "source", b"source", "template", b"template", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["workflow_json", "template"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
-Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+Global___RunSpec: _TypeAlias = RunSpec  # noqa: Y015
 
 @_typing.final
 class ParamValue(_message.Message):
@@ -395,6 +534,26 @@ class DescribeTemplateRequest(_message.Message):
 Global___DescribeTemplateRequest: _TypeAlias = DescribeTemplateRequest  # noqa: Y015
 
 @_typing.final
+class DescribeTemplateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def template(self) -> Global___Template: ...
+    def __init__(
+        self,
+        *,
+        template: Global___Template | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeTemplateResponse: _TypeAlias = DescribeTemplateResponse  # noqa: Y015
+
+@_typing.final
 class Template(_message.Message):
     """A workflow template: an API-format workflow whose inputs are set by typed parameters."""
 
@@ -441,8 +600,8 @@ class TemplateParameter(_message.Message):
     CHOICES_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    type: _builtins.str
-    """string, int, float, bool, seed, enum, image, audio or video."""
+    type: Global___ParameterType.ValueType
+    """The kind of value it takes."""
     description: _builtins.str
     required: _builtins.bool
     """True when the parameter has no default and must be sent."""
@@ -465,7 +624,7 @@ class TemplateParameter(_message.Message):
         self,
         *,
         name: _builtins.str = ...,
-        type: _builtins.str = ...,
+        type: Global___ParameterType.ValueType = ...,
         description: _builtins.str = ...,
         required: _builtins.bool = ...,
         default_value: Global___ParamValue | None = ...,
@@ -523,6 +682,28 @@ class WatchRunRequest(_message.Message):
 Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
 
 @_typing.final
+class WatchRunResponse(_message.Message):
+    """One event of the run, in seq order; the last one is terminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___RunEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___RunEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015
+
+@_typing.final
 class GetRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -540,6 +721,26 @@ class GetRunRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
+
+@_typing.final
+class GetRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run: ...
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
 
 @_typing.final
 class CancelRunRequest(_message.Message):
@@ -563,6 +764,28 @@ class CancelRunRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelRunRequest: _TypeAlias = CancelRunRequest  # noqa: Y015
+
+@_typing.final
+class CancelRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run once it has ended."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):
@@ -637,14 +860,15 @@ class Run(_message.Message):
         KEY_FIELD_NUMBER: _builtins.int
         VALUE_FIELD_NUMBER: _builtins.int
         key: _builtins.str
-        value: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___ParamValue: ...
         def __init__(
             self,
             *,
             key: _builtins.str = ...,
-            value: _builtins.str = ...,
+            value: Global___ParamValue | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
         _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
@@ -707,8 +931,10 @@ class Run(_message.Message):
         """Why it failed; set only when status is FAILED."""
 
     @_builtins.property
-    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The effective template parameters (defaults and drawn seeds included), as JSON text by name."""
+    def params(self) -> _containers.MessageMap[_builtins.str, Global___ParamValue]:
+        """The effective template parameters (defaults and drawn seeds included), by name, typed as sent:
+        text, integer, number or flag (a media parameter: its `run:` reference, or "upload: N bytes, sha256 H").
+        """
 
     def __init__(
         self,
@@ -728,7 +954,7 @@ class Run(_message.Message):
         last_seq: _builtins.int = ...,
         request_id: _builtins.str = ...,
         template: _builtins.str = ...,
-        params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        params: _abc.Mapping[_builtins.str, Global___ParamValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "execution", b"execution", "failure", b"failure", "finished", b"finished", "queue_wait", b"queue_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -855,7 +1081,9 @@ class Accepted(_message.Message):
     """The template, when the run was made from one."""
     @_builtins.property
     def seeds(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """The value of every seed parameter (drawn ones included), by parameter name."""
+        """The value of every seed parameter (drawn ones included), by parameter name. uint64: a JSON string
+        (seeds go up to 2^64 - 1, past a JS number's exact range).
+        """
 
     def __init__(
         self,

@@ -19,10 +19,15 @@ Error model, decided once for every RPC:
    the stream ends with exactly one terminal event (`completed`, `failed` or `cancelled`) and then
    closes with status OK. A node that raises, a backend that forgets the prompt or an output that
    cannot be stored is a `failed` event, not an RPC error.
+
+For JavaScript and other JSON users (proto3 JSON mapping): 64-bit integers (`uint64`, `int64`: seq,
+seeds, sizes) are JSON strings, since a JS number is exact only up to 2^53; read them with BigInt or a
+Long type, or as strings. `workflow_json` is JSON text inside a string field: parse it (or stringify
+your workflow object) yourself. Durations are strings such as "1.5s", timestamps RFC 3339 strings.
 """
 
 from collections import abc as _abc
-from generation_service.v1 import generation_pb2 as _generation_pb2
+from comfygen.v1 import generation_pb2 as _generation_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -51,26 +56,26 @@ class GenerationServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GenerationServiceAsyncStub: ...
-    Generate: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.RunEvent]
+    Generate: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]
     """Submits a workflow and streams the run's events, from `accepted` to one terminal event.
     Cancelling the call cancels the run (unless `on_disconnect` is DETACH): a pending prompt is
     removed from the backend's queue and a running one is interrupted; the run ends `cancelled`.
     With a `request_id` already seen, streams the existing run's events from the start instead.
     """
-    Submit: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.Run]
+    Submit: _grpc.UnaryUnaryMultiCallable[_generation_pb2.SubmitRequest, _generation_pb2.SubmitResponse]
     """Submits a workflow and returns the accepted run at once; follow it with WatchRun.
     With a `request_id` already seen, returns the existing run instead of starting another.
     """
-    WatchRun: _grpc.UnaryStreamMultiCallable[_generation_pb2.WatchRunRequest, _generation_pb2.RunEvent]
+    WatchRun: _grpc.UnaryStreamMultiCallable[_generation_pb2.WatchRunRequest, _generation_pb2.WatchRunResponse]
     """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
     until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
     it saw misses nothing. Cancelling a watch never cancels the run.
     """
-    GetRun: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GetRunRequest, _generation_pb2.Run]
+    GetRun: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GetRunRequest, _generation_pb2.GetRunResponse]
     """The run's current state: status, outputs, timings, failure."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_generation_pb2.ListRunsRequest, _generation_pb2.ListRunsResponse]
     """Runs, newest first, optionally only those with the given statuses."""
-    CancelRun: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CancelRunRequest, _generation_pb2.Run]
+    CancelRun: _grpc.UnaryUnaryMultiCallable[_generation_pb2.CancelRunRequest, _generation_pb2.CancelRunResponse]
     """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
     Returns once the run has ended (the backend confirmed, or the confirmation timed out).
     """
@@ -78,7 +83,7 @@ class GenerationServiceStub:
     """The workflow templates in service, with their parameters. Templates dropped into the service's
     template folder are picked up by the next call, without a restart.
     """
-    DescribeTemplate: _grpc.UnaryUnaryMultiCallable[_generation_pb2.DescribeTemplateRequest, _generation_pb2.Template]
+    DescribeTemplate: _grpc.UnaryUnaryMultiCallable[_generation_pb2.DescribeTemplateRequest, _generation_pb2.DescribeTemplateResponse]
     """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown."""
     ListBackends: _grpc.UnaryUnaryMultiCallable[_generation_pb2.ListBackendsRequest, _generation_pb2.ListBackendsResponse]
     """The backends of the service's pool and what it knows of each."""
@@ -88,26 +93,26 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     """Runs ComfyUI workflows and streams what happens to them."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Generate: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.RunEvent]  # type: ignore[assignment]
+    Generate: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
     """Submits a workflow and streams the run's events, from `accepted` to one terminal event.
     Cancelling the call cancels the run (unless `on_disconnect` is DETACH): a pending prompt is
     removed from the backend's queue and a running one is interrupted; the run ends `cancelled`.
     With a `request_id` already seen, streams the existing run's events from the start instead.
     """
-    Submit: _aio.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.Run]  # type: ignore[assignment]
+    Submit: _aio.UnaryUnaryMultiCallable[_generation_pb2.SubmitRequest, _generation_pb2.SubmitResponse]  # type: ignore[assignment]
     """Submits a workflow and returns the accepted run at once; follow it with WatchRun.
     With a `request_id` already seen, returns the existing run instead of starting another.
     """
-    WatchRun: _aio.UnaryStreamMultiCallable[_generation_pb2.WatchRunRequest, _generation_pb2.RunEvent]  # type: ignore[assignment]
+    WatchRun: _aio.UnaryStreamMultiCallable[_generation_pb2.WatchRunRequest, _generation_pb2.WatchRunResponse]  # type: ignore[assignment]
     """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
     until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
     it saw misses nothing. Cancelling a watch never cancels the run.
     """
-    GetRun: _aio.UnaryUnaryMultiCallable[_generation_pb2.GetRunRequest, _generation_pb2.Run]  # type: ignore[assignment]
+    GetRun: _aio.UnaryUnaryMultiCallable[_generation_pb2.GetRunRequest, _generation_pb2.GetRunResponse]  # type: ignore[assignment]
     """The run's current state: status, outputs, timings, failure."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_generation_pb2.ListRunsRequest, _generation_pb2.ListRunsResponse]  # type: ignore[assignment]
     """Runs, newest first, optionally only those with the given statuses."""
-    CancelRun: _aio.UnaryUnaryMultiCallable[_generation_pb2.CancelRunRequest, _generation_pb2.Run]  # type: ignore[assignment]
+    CancelRun: _aio.UnaryUnaryMultiCallable[_generation_pb2.CancelRunRequest, _generation_pb2.CancelRunResponse]  # type: ignore[assignment]
     """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
     Returns once the run has ended (the backend confirmed, or the confirmation timed out).
     """
@@ -115,7 +120,7 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     """The workflow templates in service, with their parameters. Templates dropped into the service's
     template folder are picked up by the next call, without a restart.
     """
-    DescribeTemplate: _aio.UnaryUnaryMultiCallable[_generation_pb2.DescribeTemplateRequest, _generation_pb2.Template]  # type: ignore[assignment]
+    DescribeTemplate: _aio.UnaryUnaryMultiCallable[_generation_pb2.DescribeTemplateRequest, _generation_pb2.DescribeTemplateResponse]  # type: ignore[assignment]
     """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown."""
     ListBackends: _aio.UnaryUnaryMultiCallable[_generation_pb2.ListBackendsRequest, _generation_pb2.ListBackendsResponse]  # type: ignore[assignment]
     """The backends of the service's pool and what it knows of each."""
@@ -128,7 +133,7 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _generation_pb2.GenerateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_generation_pb2.RunEvent], _abc.AsyncIterator[_generation_pb2.RunEvent]]:
+    ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateResponse], _abc.AsyncIterator[_generation_pb2.GenerateResponse]]:
         """Submits a workflow and streams the run's events, from `accepted` to one terminal event.
         Cancelling the call cancels the run (unless `on_disconnect` is DETACH): a pending prompt is
         removed from the backend's queue and a running one is interrupted; the run ends `cancelled`.
@@ -138,9 +143,9 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Submit(
         self,
-        request: _generation_pb2.GenerateRequest,
+        request: _generation_pb2.SubmitRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_generation_pb2.Run, _abc.Awaitable[_generation_pb2.Run]]:
+    ) -> _typing.Union[_generation_pb2.SubmitResponse, _abc.Awaitable[_generation_pb2.SubmitResponse]]:
         """Submits a workflow and returns the accepted run at once; follow it with WatchRun.
         With a `request_id` already seen, returns the existing run instead of starting another.
         """
@@ -150,7 +155,7 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _generation_pb2.WatchRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_generation_pb2.RunEvent], _abc.AsyncIterator[_generation_pb2.RunEvent]]:
+    ) -> _typing.Union[_abc.Iterator[_generation_pb2.WatchRunResponse], _abc.AsyncIterator[_generation_pb2.WatchRunResponse]]:
         """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
         until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
         it saw misses nothing. Cancelling a watch never cancels the run.
@@ -161,7 +166,7 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _generation_pb2.GetRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_generation_pb2.Run, _abc.Awaitable[_generation_pb2.Run]]:
+    ) -> _typing.Union[_generation_pb2.GetRunResponse, _abc.Awaitable[_generation_pb2.GetRunResponse]]:
         """The run's current state: status, outputs, timings, failure."""
 
     @_abc_1.abstractmethod
@@ -177,7 +182,7 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _generation_pb2.CancelRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_generation_pb2.Run, _abc.Awaitable[_generation_pb2.Run]]:
+    ) -> _typing.Union[_generation_pb2.CancelRunResponse, _abc.Awaitable[_generation_pb2.CancelRunResponse]]:
         """Cancels a run. Idempotent: cancelling a finished run changes nothing and returns it.
         Returns once the run has ended (the backend confirmed, or the confirmation timed out).
         """
@@ -197,7 +202,7 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _generation_pb2.DescribeTemplateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_generation_pb2.Template, _abc.Awaitable[_generation_pb2.Template]]:
+    ) -> _typing.Union[_generation_pb2.DescribeTemplateResponse, _abc.Awaitable[_generation_pb2.DescribeTemplateResponse]]:
         """One template and its parameters: types, defaults, bounds, choices. NOT_FOUND if unknown."""
 
     @_abc_1.abstractmethod

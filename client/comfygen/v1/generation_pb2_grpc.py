@@ -3,10 +3,12 @@
 import grpc
 import warnings
 
-from generation_service.v1 import generation_pb2 as generation__service_dot_v1_dot_generation__pb2
+from comfygen.v1 import generation_pb2 as comfygen_dot_v1_dot_generation__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in generation_service/v1/generation_pb2_grpc.py depends on'
+        + f' but the generated code in comfygen/v1/generation_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class GenerationServiceStub:
+class GenerationServiceStub(object):
     """Runs ComfyUI workflows and streams what happens to them.
     """
 
@@ -36,53 +41,53 @@ class GenerationServiceStub:
             channel: A grpc.Channel.
         """
         self.Generate = channel.unary_stream(
-                '/generation_service.v1.GenerationService/Generate',
-                request_serializer=generation__service_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=generation__service_dot_v1_dot_generation__pb2.RunEvent.FromString,
+                '/comfygen.v1.GenerationService/Generate',
+                request_serializer=comfygen_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=comfygen_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.Submit = channel.unary_unary(
-                '/generation_service.v1.GenerationService/Submit',
-                request_serializer=generation__service_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+                '/comfygen.v1.GenerationService/Submit',
+                request_serializer=comfygen_dot_v1_dot_generation__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=comfygen_dot_v1_dot_generation__pb2.SubmitResponse.FromString,
                 _registered_method=True)
         self.WatchRun = channel.unary_stream(
-                '/generation_service.v1.GenerationService/WatchRun',
-                request_serializer=generation__service_dot_v1_dot_generation__pb2.WatchRunRequest.SerializeToString,
-                response_deserializer=generation__service_dot_v1_dot_generation__pb2.RunEvent.FromString,
+                '/comfygen.v1.GenerationService/WatchRun',
+                request_serializer=comfygen_dot_v1_dot_generation__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=comfygen_dot_v1_dot_generation__pb2.WatchRunResponse.FromString,
                 _registered_method=True)
         self.GetRun = channel.unary_unary(
-                '/generation_service.v1.GenerationService/GetRun',
-                request_serializer=generation__service_dot_v1_dot_generation__pb2.GetRunRequest.SerializeToString,
-                response_deserializer=generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+                '/comfygen.v1.GenerationService/GetRun',
+                request_serializer=comfygen_dot_v1_dot_generation__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=comfygen_dot_v1_dot_generation__pb2.GetRunResponse.FromString,
                 _registered_method=True)
         self.ListRuns = channel.unary_unary(
-                '/generation_service.v1.GenerationService/ListRuns',
-                request_serializer=generation__service_dot_v1_dot_generation__pb2.ListRunsRequest.SerializeToString,
-                response_deserializer=generation__service_dot_v1_dot_generation__pb2.ListRunsResponse.FromString,
+                '/comfygen.v1.GenerationService/ListRuns',
+                request_serializer=comfygen_dot_v1_dot_generation__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=comfygen_dot_v1_dot_generation__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
         self.CancelRun = channel.unary_unary(
-                '/generation_service.v1.GenerationService/CancelRun',
-                request_serializer=generation__service_dot_v1_dot_generation__pb2.CancelRunRequest.SerializeToString,
-                response_deserializer=generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+                '/comfygen.v1.GenerationService/CancelRun',
+                request_serializer=comfygen_dot_v1_dot_generation__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=comfygen_dot_v1_dot_generation__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
         self.ListTemplates = channel.unary_unary(
-                '/generation_service.v1.GenerationService/ListTemplates',
-                request_serializer=generation__service_dot_v1_dot_generation__pb2.ListTemplatesRequest.SerializeToString,
-                response_deserializer=generation__service_dot_v1_dot_generation__pb2.ListTemplatesResponse.FromString,
+                '/comfygen.v1.GenerationService/ListTemplates',
+                request_serializer=comfygen_dot_v1_dot_generation__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=comfygen_dot_v1_dot_generation__pb2.ListTemplatesResponse.FromString,
                 _registered_method=True)
         self.DescribeTemplate = channel.unary_unary(
-                '/generation_service.v1.GenerationService/DescribeTemplate',
-                request_serializer=generation__service_dot_v1_dot_generation__pb2.DescribeTemplateRequest.SerializeToString,
-                response_deserializer=generation__service_dot_v1_dot_generation__pb2.Template.FromString,
+                '/comfygen.v1.GenerationService/DescribeTemplate',
+                request_serializer=comfygen_dot_v1_dot_generation__pb2.DescribeTemplateRequest.SerializeToString,
+                response_deserializer=comfygen_dot_v1_dot_generation__pb2.DescribeTemplateResponse.FromString,
                 _registered_method=True)
         self.ListBackends = channel.unary_unary(
-                '/generation_service.v1.GenerationService/ListBackends',
-                request_serializer=generation__service_dot_v1_dot_generation__pb2.ListBackendsRequest.SerializeToString,
-                response_deserializer=generation__service_dot_v1_dot_generation__pb2.ListBackendsResponse.FromString,
+                '/comfygen.v1.GenerationService/ListBackends',
+                request_serializer=comfygen_dot_v1_dot_generation__pb2.ListBackendsRequest.SerializeToString,
+                response_deserializer=comfygen_dot_v1_dot_generation__pb2.ListBackendsResponse.FromString,
                 _registered_method=True)
 
 
-class GenerationServiceServicer:
+class GenerationServiceServicer(object):
     """Runs ComfyUI workflows and streams what happens to them.
     """
 
@@ -162,58 +167,57 @@ def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
-                    response_serializer=generation__service_dot_v1_dot_generation__pb2.RunEvent.SerializeToString,
+                    request_deserializer=comfygen_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
+                    response_serializer=comfygen_dot_v1_dot_generation__pb2.GenerateResponse.SerializeToString,
             ),
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
-                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
-                    response_serializer=generation__service_dot_v1_dot_generation__pb2.Run.SerializeToString,
+                    request_deserializer=comfygen_dot_v1_dot_generation__pb2.SubmitRequest.FromString,
+                    response_serializer=comfygen_dot_v1_dot_generation__pb2.SubmitResponse.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
-                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.WatchRunRequest.FromString,
-                    response_serializer=generation__service_dot_v1_dot_generation__pb2.RunEvent.SerializeToString,
+                    request_deserializer=comfygen_dot_v1_dot_generation__pb2.WatchRunRequest.FromString,
+                    response_serializer=comfygen_dot_v1_dot_generation__pb2.WatchRunResponse.SerializeToString,
             ),
             'GetRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRun,
-                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.GetRunRequest.FromString,
-                    response_serializer=generation__service_dot_v1_dot_generation__pb2.Run.SerializeToString,
+                    request_deserializer=comfygen_dot_v1_dot_generation__pb2.GetRunRequest.FromString,
+                    response_serializer=comfygen_dot_v1_dot_generation__pb2.GetRunResponse.SerializeToString,
             ),
             'ListRuns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRuns,
-                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.ListRunsRequest.FromString,
-                    response_serializer=generation__service_dot_v1_dot_generation__pb2.ListRunsResponse.SerializeToString,
+                    request_deserializer=comfygen_dot_v1_dot_generation__pb2.ListRunsRequest.FromString,
+                    response_serializer=comfygen_dot_v1_dot_generation__pb2.ListRunsResponse.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRun,
-                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.CancelRunRequest.FromString,
-                    response_serializer=generation__service_dot_v1_dot_generation__pb2.Run.SerializeToString,
+                    request_deserializer=comfygen_dot_v1_dot_generation__pb2.CancelRunRequest.FromString,
+                    response_serializer=comfygen_dot_v1_dot_generation__pb2.CancelRunResponse.SerializeToString,
             ),
             'ListTemplates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTemplates,
-                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.ListTemplatesRequest.FromString,
-                    response_serializer=generation__service_dot_v1_dot_generation__pb2.ListTemplatesResponse.SerializeToString,
+                    request_deserializer=comfygen_dot_v1_dot_generation__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=comfygen_dot_v1_dot_generation__pb2.ListTemplatesResponse.SerializeToString,
             ),
             'DescribeTemplate': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribeTemplate,
-                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.DescribeTemplateRequest.FromString,
-                    response_serializer=generation__service_dot_v1_dot_generation__pb2.Template.SerializeToString,
+                    request_deserializer=comfygen_dot_v1_dot_generation__pb2.DescribeTemplateRequest.FromString,
+                    response_serializer=comfygen_dot_v1_dot_generation__pb2.DescribeTemplateResponse.SerializeToString,
             ),
             'ListBackends': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBackends,
-                    request_deserializer=generation__service_dot_v1_dot_generation__pb2.ListBackendsRequest.FromString,
-                    response_serializer=generation__service_dot_v1_dot_generation__pb2.ListBackendsResponse.SerializeToString,
+                    request_deserializer=comfygen_dot_v1_dot_generation__pb2.ListBackendsRequest.FromString,
+                    response_serializer=comfygen_dot_v1_dot_generation__pb2.ListBackendsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'generation_service.v1.GenerationService', rpc_method_handlers)
+            'comfygen.v1.GenerationService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('generation_service.v1.GenerationService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class GenerationService:
+class GenerationService(object):
     """Runs ComfyUI workflows and streams what happens to them.
     """
 
@@ -231,9 +235,9 @@ class GenerationService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/generation_service.v1.GenerationService/Generate',
-            generation__service_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
-            generation__service_dot_v1_dot_generation__pb2.RunEvent.FromString,
+            '/comfygen.v1.GenerationService/Generate',
+            comfygen_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
+            comfygen_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -258,9 +262,9 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/generation_service.v1.GenerationService/Submit',
-            generation__service_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
-            generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+            '/comfygen.v1.GenerationService/Submit',
+            comfygen_dot_v1_dot_generation__pb2.SubmitRequest.SerializeToString,
+            comfygen_dot_v1_dot_generation__pb2.SubmitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -285,9 +289,9 @@ class GenerationService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/generation_service.v1.GenerationService/WatchRun',
-            generation__service_dot_v1_dot_generation__pb2.WatchRunRequest.SerializeToString,
-            generation__service_dot_v1_dot_generation__pb2.RunEvent.FromString,
+            '/comfygen.v1.GenerationService/WatchRun',
+            comfygen_dot_v1_dot_generation__pb2.WatchRunRequest.SerializeToString,
+            comfygen_dot_v1_dot_generation__pb2.WatchRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -312,9 +316,9 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/generation_service.v1.GenerationService/GetRun',
-            generation__service_dot_v1_dot_generation__pb2.GetRunRequest.SerializeToString,
-            generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+            '/comfygen.v1.GenerationService/GetRun',
+            comfygen_dot_v1_dot_generation__pb2.GetRunRequest.SerializeToString,
+            comfygen_dot_v1_dot_generation__pb2.GetRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -339,9 +343,9 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/generation_service.v1.GenerationService/ListRuns',
-            generation__service_dot_v1_dot_generation__pb2.ListRunsRequest.SerializeToString,
-            generation__service_dot_v1_dot_generation__pb2.ListRunsResponse.FromString,
+            '/comfygen.v1.GenerationService/ListRuns',
+            comfygen_dot_v1_dot_generation__pb2.ListRunsRequest.SerializeToString,
+            comfygen_dot_v1_dot_generation__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -366,9 +370,9 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/generation_service.v1.GenerationService/CancelRun',
-            generation__service_dot_v1_dot_generation__pb2.CancelRunRequest.SerializeToString,
-            generation__service_dot_v1_dot_generation__pb2.Run.FromString,
+            '/comfygen.v1.GenerationService/CancelRun',
+            comfygen_dot_v1_dot_generation__pb2.CancelRunRequest.SerializeToString,
+            comfygen_dot_v1_dot_generation__pb2.CancelRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -393,9 +397,9 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/generation_service.v1.GenerationService/ListTemplates',
-            generation__service_dot_v1_dot_generation__pb2.ListTemplatesRequest.SerializeToString,
-            generation__service_dot_v1_dot_generation__pb2.ListTemplatesResponse.FromString,
+            '/comfygen.v1.GenerationService/ListTemplates',
+            comfygen_dot_v1_dot_generation__pb2.ListTemplatesRequest.SerializeToString,
+            comfygen_dot_v1_dot_generation__pb2.ListTemplatesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -420,9 +424,9 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/generation_service.v1.GenerationService/DescribeTemplate',
-            generation__service_dot_v1_dot_generation__pb2.DescribeTemplateRequest.SerializeToString,
-            generation__service_dot_v1_dot_generation__pb2.Template.FromString,
+            '/comfygen.v1.GenerationService/DescribeTemplate',
+            comfygen_dot_v1_dot_generation__pb2.DescribeTemplateRequest.SerializeToString,
+            comfygen_dot_v1_dot_generation__pb2.DescribeTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -447,9 +451,9 @@ class GenerationService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/generation_service.v1.GenerationService/ListBackends',
-            generation__service_dot_v1_dot_generation__pb2.ListBackendsRequest.SerializeToString,
-            generation__service_dot_v1_dot_generation__pb2.ListBackendsResponse.FromString,
+            '/comfygen.v1.GenerationService/ListBackends',
+            comfygen_dot_v1_dot_generation__pb2.ListBackendsRequest.SerializeToString,
+            comfygen_dot_v1_dot_generation__pb2.ListBackendsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,18 +1,20 @@
 """Client library of the generation service, for other Python services.
 
-    from generation_client import AsyncGenerationClient
+    from generation_client import AsyncGenerationClient, event_to_dict
 
     async with AsyncGenerationClient("127.0.0.1:50051", token="...") as client:
         async for event in client.generate(template="ace_step_instrumental", params={"tags": "lofi", "seconds": 12}):
-            if event_kind(event) == "output_ready":
-                print(event.output_ready.output.url)
+            print(event_to_dict(event))
+        run = await client.run(template="solid_image")  # the final Run; RunFailedError if it failed
 
 ``GenerationClient`` is the blocking twin (Flask, scripts). Events and runs are the service's protobuf
-messages (typed: see generation_service/v1/generation_pb2.pyi); failures raise GenerationClientError
-subclasses.
+messages (typed: see comfygen/v1/generation_pb2.pyi); ``event_to_dict``/``message_to_dict`` turn them
+into JSON-ready dicts. Failed calls raise GenerationClientError subclasses.
 """
 
+from comfygen.v1 import generation_pb2 as messages
 from generation_client.aio import AsyncGenerationClient
+from generation_client.dicts import event_to_dict, message_to_dict
 from generation_client.errors import (
     AuthenticationError,
     ConflictError,
@@ -20,11 +22,12 @@ from generation_client.errors import (
     InvalidRequestError,
     NotFoundError,
     OverloadedError,
+    RunFailedError,
     UnavailableError,
 )
+from generation_client.options import RunOptions
 from generation_client.requests import TERMINAL_KINDS, Param, Workflow, event_kind
 from generation_client.sync import GenerationClient
-from generation_service.v1 import generation_pb2 as messages
 
 __all__ = [
     "TERMINAL_KINDS",
@@ -37,8 +40,12 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "Param",
+    "RunFailedError",
+    "RunOptions",
     "UnavailableError",
     "Workflow",
     "event_kind",
+    "event_to_dict",
+    "message_to_dict",
     "messages",
 ]
