@@ -19,9 +19,9 @@ from pathlib import Path
 import redis
 from demo import check_output, free_port, grpc_serving, http_ok, processes, start, wait_ready
 
+from comfygen.v1 import generation_pb2 as pb
 from genctl.output import ProgressView
 from generation_client import AsyncGenerationClient
-from generation_service.v1 import generation_pb2 as pb
 
 REPO = Path(__file__).resolve().parent.parent
 TAKEOVER_S = 5.0  # shorter than the default 15 s, to keep the demo short

@@ -12,8 +12,8 @@ from typing import Any
 
 import grpc
 
-from generation_service.v1 import generation_pb2 as pb
-from generation_service.v1 import generation_pb2_grpc as pb_grpc
+from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from process_helpers import RedisServer, ServiceProcess, SimProcess, free_port, start_service, start_simulator
 from stack_helpers import WORKFLOWS
 
@@ -108,5 +108,24 @@ def assert_one_continuous_run(events: list[pb.RunEvent]) -> None:
     assert terminal == [events[-1]], [e.WhichOneof("kind") for e in events]
 
 
+async def submit(stub: Any, **spec: Any) -> pb.Run:
+    reply = await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(**spec)))
+    return reply.run
+
+
+async def get_run(stub: Any, run_id: str) -> pb.Run:
+    return (await stub.GetRun(pb.GetRunRequest(run_id=run_id))).run
+
+
+async def cancel(stub: Any, run_id: str, reason: str = "") -> pb.Run:
+    reply = await stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason=reason))
+    return reply.run
+
+
+async def watch(stub: Any, run_id: str, after_seq: int = 0) -> AsyncIterator[pb.RunEvent]:
+    async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run_id, after_seq=after_seq)):
+        yield reply.event
+
+
 async def watch_all(stub: Any, run_id: str, after_seq: int = 0) -> list[pb.RunEvent]:
-    return [e async for e in stub.WatchRun(pb.WatchRunRequest(run_id=run_id, after_seq=after_seq))]
+    return [e async for e in watch(stub, run_id, after_seq)]

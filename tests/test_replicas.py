@@ -10,23 +10,34 @@ import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from generation_service.v1 import generation_pb2 as pb
-from replica_helpers import TAKEOVER_S, assert_one_continuous_run, cluster, sampler, watch_all
+from comfygen.v1 import generation_pb2 as pb
+from replica_helpers import (
+    TAKEOVER_S,
+    assert_one_continuous_run,
+    cancel,
+    cluster,
+    get_run,
+    sampler,
+    submit,
+    watch,
+    watch_all,
+)
 
 
 async def test_a_run_started_on_one_replica_is_watched_got_listed_and_cancelled_on_the_others(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         one, two, three = c.replicas
-        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=5, seconds=0.5)))
+        run = await submit(one.stub, workflow_json=sampler(steps=5, seconds=0.5))
         events = await watch_all(two.stub, run.run_id)
         assert_one_continuous_run(events)
         assert events[-1].HasField("completed")
-        got = await three.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+        got = await get_run(three.stub, run.run_id)
         assert got.status == pb.RUN_STATUS_COMPLETED and got.last_seq == events[-1].seq
         assert [o.sha256 for o in got.outputs] == [o.sha256 for o in events[-1].completed.outputs]
         listed = await three.stub.ListRuns(pb.ListRunsRequest())
@@ -34,11 +45,11 @@ async def test_a_run_started_on_one_replica_is_watched_got_listed_and_cancelled_
         # Replayed on a replica that was not watching, after the fact, from any seq.
         assert [e.seq for e in await watch_all(three.stub, run.run_id, after_seq=2)] == [e.seq for e in events[2:]]
 
-        slow = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=200, seconds=60, color=1)))
-        async for event in three.stub.WatchRun(pb.WatchRunRequest(run_id=slow.run_id)):
+        slow = await submit(one.stub, workflow_json=sampler(steps=200, seconds=60, color=1))
+        async for event in watch(three.stub, slow.run_id):
             if event.HasField("node_progress"):
                 break
-        cancelled = await two.stub.CancelRun(pb.CancelRunRequest(run_id=slow.run_id, reason="from replica two"))
+        cancelled = await cancel(two.stub, slow.run_id, reason="from replica two")
         assert cancelled.status == pb.RUN_STATUS_CANCELLED and cancelled.cancel_reason == "from replica two"
         events = await watch_all(three.stub, slow.run_id)
         assert_one_continuous_run(events)
@@ -51,7 +62,7 @@ def _owner(runs_dir: Path, run_id: str) -> str:
 
 async def _until_progress(stub, run_id: str) -> list[pb.RunEvent]:
     seen = []
-    async for event in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
+    async for event in watch(stub, run_id):
         seen.append(event)
         if event.HasField("node_progress"):
             return seen
@@ -68,9 +79,9 @@ async def _until_owner_changes(runs_dir: Path, run_id: str, old: str) -> str:
 async def test_a_killed_owner_loses_its_run_to_another_replica_and_its_watchers_see_one_run(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         one, _, three = c.replicas
-        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=30, seconds=6)))
+        run = await submit(one.stub, workflow_json=sampler(steps=30, seconds=6))
         assert _owner(c.runs_dir, run.run_id) == "replica-1"
-        watcher = three.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))
+        watcher = watch(three.stub, run.run_id)
         events = []
         async for event in watcher:
             events.append(event)
@@ -90,14 +101,14 @@ async def test_a_killed_owner_loses_its_run_to_another_replica_and_its_watchers_
         stored = c.runs_dir / run.run_id / output.filename
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == output.sha256
         for replica in c.replicas[1:]:
-            got = await replica.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+            got = await get_run(replica.stub, run.run_id)
             assert got.status == pb.RUN_STATUS_COMPLETED and got.last_seq == events[-1].seq
 
 
 async def test_a_frozen_owner_that_wakes_after_the_takeover_writes_nothing(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         one, two, three = c.replicas
-        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=40, seconds=8)))
+        run = await submit(one.stub, workflow_json=sampler(steps=40, seconds=8))
         seen = await _until_progress(two.stub, run.run_id)
         one.process.signal(signal.SIGSTOP)
         await _until_owner_changes(c.runs_dir, run.run_id, "replica-1")
@@ -113,24 +124,24 @@ async def test_a_frozen_owner_that_wakes_after_the_takeover_writes_nothing(tmp_p
                 await asyncio.sleep(0.05)
         # It noticed, and stopped: the run's folder is exactly as its new owner left it.
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-        again = await one.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+        again = await get_run(one.stub, run.run_id)
         assert again.status == pb.RUN_STATUS_COMPLETED and again.last_seq == events[-1].seq
         assert [e.seq for e in await watch_all(one.stub, run.run_id)] == [e.seq for e in events]
 
 
 async def test_one_request_id_sent_to_every_replica_at_once_starts_one_run(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
-        request = pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2), request_id="lesson-7-attempt-1")
-        runs = await asyncio.gather(*(c.replicas[i % 3].stub.Submit(request) for i in range(20)))
+        request = {"workflow_json": sampler(steps=2, seconds=0.2), "request_id": "lesson-7-attempt-1"}
+        runs = await asyncio.gather(*(submit(c.replicas[i % 3].stub, **request) for i in range(20)))
         assert len({r.run_id for r in runs}) == 1
         assert [p.name for p in c.runs_dir.iterdir()] == [runs[0].run_id]
         events = await watch_all(c.replicas[2].stub, runs[0].run_id)
         assert_one_continuous_run(events)
-        again = await c.replicas[1].stub.Submit(request)  # a later retry too
+        again = await submit(c.replicas[1].stub, **request)  # a later retry too
         assert again.run_id == runs[0].run_id
-        other = pb.GenerateRequest(workflow_json=sampler(steps=3, seconds=0.2), request_id="lesson-7-attempt-1")
+        other = {"workflow_json": sampler(steps=3, seconds=0.2), "request_id": "lesson-7-attempt-1"}
         try:
-            await c.replicas[0].stub.Submit(other)
+            await submit(c.replicas[0].stub, **other)
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
         else:
@@ -138,7 +149,8 @@ async def test_one_request_id_sent_to_every_replica_at_once_starts_one_run(tmp_p
 
 
 async def _health(replica) -> int:
-    reply = await health_pb2_grpc.HealthStub(replica.channel).Check(health_pb2.HealthCheckRequest(service=""))
+    stub: Any = health_pb2_grpc.HealthStub(replica.channel)  # the published stubs omit the stub's methods
+    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
     return int(reply.status)
 
 
@@ -151,10 +163,11 @@ async def _until_health(replica, status: int) -> None:
 async def test_redis_stopped_mid_run_loses_no_event_and_refuses_new_runs_meanwhile(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         one, two, three = c.replicas
-        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=30, seconds=6)))
-        local = one.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))
-        remote = two.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))
-        seen_local, seen_remote = [], []
+        run = await submit(one.stub, workflow_json=sampler(steps=30, seconds=6))
+        local = watch(one.stub, run.run_id)
+        remote = watch(two.stub, run.run_id)
+        seen_local: list[pb.RunEvent] = []
+        seen_remote: list[pb.RunEvent] = []
         for stream, seen in ((local, seen_local), (remote, seen_remote)):
             async for event in stream:
                 seen.append(event)
@@ -164,7 +177,7 @@ async def test_redis_stopped_mid_run_loses_no_event_and_refuses_new_runs_meanwhi
         await c.redis.stop()
         await _until_health(two, health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            await two.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2)))
+            await submit(two.stub, workflow_json=sampler(steps=2, seconds=0.2))
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.UNAVAILABLE and "Redis" in (exc.details() or ""), exc
         else:
@@ -182,25 +195,26 @@ async def test_redis_stopped_mid_run_loses_no_event_and_refuses_new_runs_meanwhi
         assert_one_continuous_run(seen_local)
         assert seen_local[-1].HasField("completed")
         assert [e.SerializeToString() for e in seen_remote] == [e.SerializeToString() for e in seen_local]
-        got = await three.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+        got = await get_run(three.stub, run.run_id)
         assert got.status == pb.RUN_STATUS_COMPLETED and got.last_seq == seen_local[-1].seq
         assert [e.seq for e in await watch_all(three.stub, run.run_id)] == [e.seq for e in seen_local]
-        after = await three.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=5)))
+        after = await submit(three.stub, workflow_json=sampler(steps=2, seconds=0.2, color=5))
         assert (await watch_all(two.stub, after.run_id))[-1].HasField("completed")
 
 
 async def test_the_in_flight_limit_holds_across_replicas(tmp_path: Path) -> None:
     async with cluster(tmp_path, 3, 2, "--max-runs-in-flight", "2") as c:
-        requests = [pb.GenerateRequest(workflow_json=sampler(steps=100, seconds=60, color=i)) for i in range(6)]
+        workflows = [sampler(steps=100, seconds=60, color=i) for i in range(6)]
         outcomes = await asyncio.gather(
-            *(c.replicas[i % 3].stub.Submit(r) for i, r in enumerate(requests)), return_exceptions=True
+            *(submit(c.replicas[i % 3].stub, workflow_json=w) for i, w in enumerate(workflows)), return_exceptions=True
         )
         accepted = [o for o in outcomes if isinstance(o, pb.Run)]
         refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
         assert len(accepted) == 2, outcomes
         assert [e.code() for e in refused] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 4
-        await c.replicas[2].stub.CancelRun(pb.CancelRunRequest(run_id=accepted[0].run_id))
-        third = await c.replicas[1].stub.Submit(requests[5])  # a place is free again
+        owner = int(_owner(c.runs_dir, accepted[0].run_id).removeprefix("replica-")) - 1
+        await cancel(c.replicas[owner].stub, accepted[0].run_id)  # on its owner (elsewhere: the first test)
+        third = await submit(c.replicas[1].stub, workflow_json=workflows[5])  # a place is free again
         assert third.run_id not in {r.run_id for r in accepted}
 
 
@@ -218,12 +232,12 @@ async def test_replicas_choosing_at_once_share_the_backends_load(tmp_path: Path)
         one, two, three = c.replicas
         # Both backends busy, as every replica sees it.
         for color in (1, 2):
-            await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=100, seconds=60, color=color)))
+            await submit(one.stub, workflow_json=sampler(steps=100, seconds=60, color=color))
         for replica in c.replicas:
             await _until_queues(replica, [1, 1])
         # Two runs from two replicas, before either backend's queue is looked at again: one each.
-        first = await two.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=3)))
-        second = await three.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=4)))
+        first = await submit(two.stub, workflow_json=sampler(steps=2, seconds=0.2, color=3))
+        second = await submit(three.stub, workflow_json=sampler(steps=2, seconds=0.2, color=4))
         assert first.backend != second.backend, (first.backend, second.backend)
 
 
@@ -231,7 +245,7 @@ async def test_a_replica_stopped_gracefully_hands_its_runs_over_at_once(tmp_path
     # A takeover bound of a minute: a run that moves within seconds was handed over, not found idle.
     async with cluster(tmp_path, 2, 1, "--takeover-seconds", "60") as c:
         one, two = c.replicas
-        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=30, seconds=6)))
+        run = await submit(one.stub, workflow_json=sampler(steps=30, seconds=6))
         seen = await _until_progress(two.stub, run.run_id)
         await one.process.stop()  # SIGTERM
         async with asyncio.timeout(20):
@@ -245,9 +259,9 @@ async def test_a_replica_stopped_gracefully_hands_its_runs_over_at_once(tmp_path
 async def test_a_redis_that_forgot_everything_mid_run_is_filled_again_from_run_storage(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         one, two, three = c.replicas
-        done = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=2, seconds=0.2, color=9)))
+        done = await submit(one.stub, workflow_json=sampler(steps=2, seconds=0.2, color=9))
         assert (await watch_all(two.stub, done.run_id))[-1].HasField("completed")
-        run = await one.stub.Submit(pb.GenerateRequest(workflow_json=sampler(steps=30, seconds=6)))
+        run = await submit(one.stub, workflow_json=sampler(steps=30, seconds=6))
         seen = await _until_progress(two.stub, run.run_id)
         client = aioredis.Redis.from_url(c.redis.url)
         try:

@@ -218,7 +218,9 @@ class ReplicaRunner(Runner):
 
     # -- reading --------------------------------------------------------------------------------
 
-    def _checked(self, run_id: str) -> str:
+    def _known(self, run_id: str) -> str:
+        """A well-formed id of a run whose folder is not known damaged (whether it exists is for Redis and
+        run storage to say: this replica keeps no index of its own)."""
         try:
             parse_run_id(run_id)
         except InvalidRunId as exc:
@@ -244,7 +246,7 @@ class ReplicaRunner(Runner):
         return record, record.last_seq
 
     async def get(self, run_id: str) -> RunSummary:
-        self._checked(run_id)
+        self._known(run_id)
         live = self.runs.get(run_id)
         if live is not None and live.writer is not None and not live.writer.deposed:
             return summarize(live.writer.record, self.policy.media_url, live.last_seq)
@@ -252,7 +254,7 @@ class ReplicaRunner(Runner):
         return summarize(record, self.policy.media_url, last_seq)
 
     async def watch(self, run_id: str, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
-        self._checked(run_id)
+        self._known(run_id)
         handle = self.runs.get(run_id)
         if handle is None:
             record, _ = await self._find(run_id)
@@ -286,7 +288,7 @@ class ReplicaRunner(Runner):
         return summaries, token
 
     async def cancel(self, run_id: str, reason: str) -> RunSummary:
-        self._checked(run_id)
+        self._known(run_id)
         if run_id in self.runs:
             return await super().cancel(run_id, reason)
         summary = await self.get(run_id)
