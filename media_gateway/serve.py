@@ -21,8 +21,10 @@ from granian._granian import ListenerSpec
 from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server.embed import Server as EmbeddedGranian
+from granian.server.mp import MPServer
 from starlette.applications import Starlette
 
+from comfy_generation import logformat
 from media_gateway.app import create_app
 from media_gateway.settings import Settings
 
@@ -96,6 +98,45 @@ class _Granian(EmbeddedGranian):
     def bound_port(self) -> int:
         with socket.socket(fileno=os.dup(self._listen_fd)) as sock:
             return int(sock.getsockname()[1])
+
+
+class _SharedSocketGranian(MPServer):
+    """Granian's worker processes on one listening socket built here (granian's own path on other
+    platforms; on Linux each worker would bind its own SO_REUSEPORT socket): one accept queue for all,
+    and port 0 means one port."""
+
+    def _init_shared_socket(self) -> None:
+        # What granian's MPServer does where there is no SO_REUSEPORT: one socket, inherited by every worker.
+        holder = ListenerSpec(self.bind_addr, self.bind_port, self.backlog).build()
+        self._shd, self._sfd, self._ssp = holder, int(holder.get_fd()), None  # type: ignore[assignment]
+        self._sso = socket.socket(fileno=self._sfd)
+        self._sso.set_inheritable(True)
+
+
+def app_from_environment() -> Starlette:
+    """The app of one worker process: its settings come from the ``MEDIA_GATEWAY_*`` environment."""
+    settings = Settings.from_env()
+    logformat.configure(settings.log_level, settings.log_format)  # a spawned worker starts unconfigured
+    return create_app(settings)
+
+
+def serve_workers(settings: Settings) -> None:
+    """``python -m media_gateway`` with ``settings.worker_count`` granian workers, each a process with its own
+    app built from the environment; blocks until SIGINT or SIGTERM (granian's own handlers)."""
+    server = _SharedSocketGranian(
+        "media_gateway.serve:app_from_environment",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        workers=settings.worker_count,
+        interface=Interfaces.ASGINL,
+        log_level=LogLevels(settings.log_level),
+        log_dictconfig=_granian_logging(settings),
+        log_access=True,
+        websockets=False,
+    )
+    logger.info("media gateway (granian, %d workers) listening on %s", settings.worker_count, settings.listen)
+    server.serve()
 
 
 def _granian_logging(settings: Settings) -> dict[str, Any]:
