@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -358,3 +359,24 @@ def test_nginx_mime_table_is_runstore_table():
     for ext, mime in table.items():
         media_format = format_for_extension(ext)
         assert media_format is not None and media_format.mime == mime, ext
+
+
+async def test_the_gateway_alone_answers_file_urls_as_nginx_does(tmp_path: Path):
+    run_id = write_run(tmp_path, [(mp4_bytes(), "v.mp4"), (png_bytes(), "a.png")])
+    settings = Settings(runs_dir=tmp_path, listen="127.0.0.1:0", signing_secret=SECRET)
+    soon = int(time.time()) + 60
+    url = output_url("", MediaKind.VIDEO, run_id, 0, secret=SECRET, expires=soon, filename="02_output_video.mp4")
+    other = output_url("", MediaKind.VIDEO, run_id, 0, secret=SECRET, expires=soon, filename="03_output_image.png")
+    async with running_gateway(settings) as gateway, httpx.AsyncClient(base_url=gateway.base_url) as client:
+        good = await client.get(url, headers={"Range": "bytes=0-9"})
+        forged = await client.get(url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB"))
+        wrong_file = await client.get(other)
+    async with running_gateway(dataclasses.replace(settings, signing_secret="")) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.base_url) as client:
+            unsigned_gateway = await client.get(url)
+
+    assert (good.status_code, good.content) == (206, mp4_bytes()[:10])
+    assert good.headers["content-disposition"] == f'inline; filename="{run_id}_0.mp4"'
+    assert forged.status_code == 403 and forged.json() == {"error": "the signature does not match this URL"}
+    assert wrong_file.status_code == 404  # validly signed, but not the video output 0
+    assert unsigned_gateway.status_code == 404
