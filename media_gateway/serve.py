@@ -96,8 +96,12 @@ class _Granian(EmbeddedGranian):
         self._shd, self._sfd, self._ssp = holder, self._listen_fd, None  # type: ignore[assignment]
 
     def bound_port(self) -> int:
-        with socket.socket(fileno=os.dup(self._listen_fd)) as sock:
-            return int(sock.getsockname()[1])
+        return _port_of(self._listen_fd)
+
+
+def _port_of(fd: int) -> int:
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        return int(sock.getsockname()[1])
 
 
 class _SharedSocketGranian(MPServer):
@@ -108,8 +112,9 @@ class _SharedSocketGranian(MPServer):
     def _init_shared_socket(self) -> None:
         # What granian's MPServer does where there is no SO_REUSEPORT: one socket, inherited by every worker.
         holder = ListenerSpec(self.bind_addr, self.bind_port, self.backlog).build()
-        self._shd, self._sfd, self._ssp = holder, int(holder.get_fd()), None  # type: ignore[assignment]
-        self._sso = socket.socket(fileno=self._sfd)
+        self.listen_fd = int(holder.get_fd())
+        self._shd, self._sfd, self._ssp = holder, self.listen_fd, None  # type: ignore[assignment]
+        self._sso = socket.socket(fileno=self.listen_fd)
         self._sso.set_inheritable(True)
 
 
@@ -135,7 +140,14 @@ def serve_workers(settings: Settings) -> None:
         log_access=True,
         websockets=False,
     )
-    logger.info("media gateway (granian, %d workers) listening on %s", settings.worker_count, settings.listen)
+
+    def listening() -> None:  # called once the socket is bound, before the workers start
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        url = f"http://{host}:{_port_of(server.listen_fd)}"  # the real port, when port 0 was asked for
+        logger.info("media gateway (granian, %d workers) listening on %s", settings.worker_count, url)
+
+    server.on_startup(listening)
+    server.on_shutdown(lambda: logger.info("media gateway stopping"))
     server.serve()
 
 
