@@ -62,12 +62,17 @@ class FollowPolicy:
     lost_grace_s: float = 60.0
     signing_secret: str = ""
     url_ttl_s: float = 86400.0
+    file_urls: bool = False  # with a secret: URLs naming the stored file, served by nginx itself
     downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DOWNLOADS_AT_ONCE))
 
-    def media_url(self, kind: MediaKind, run_id: str, index: int) -> str:
-        """An output's gateway URL; signed, and valid for ``url_ttl_s``, when a secret is set."""
+    def media_url(self, kind: MediaKind, run_id: str, index: int, filename: str) -> str:
+        """An output's URL; signed, and valid for ``url_ttl_s``, when a secret is set (a file URL with
+        ``file_urls``)."""
         expires = int(time.time() + self.url_ttl_s)
-        return output_url(self.media_base_url, kind, run_id, index, secret=self.signing_secret, expires=expires)
+        name = filename if self.file_urls else ""
+        return output_url(
+            self.media_base_url, kind, run_id, index, secret=self.signing_secret, expires=expires, filename=name
+        )
 
 
 class _Deposed(Exception):

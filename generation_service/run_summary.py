@@ -9,7 +9,7 @@ from comfy_generation.runstore import MediaKind, OutputMeta, RunRecord, RunStatu
 from comfy_generation.runstore import events as ev
 from comfy_generation.runstore.schema import JsonValue
 
-UrlFor = Callable[[MediaKind, str, int], str]  # (kind, run_id, index) -> the output's URL
+UrlFor = Callable[[MediaKind, str, int, str], str]  # (kind, run_id, index, stored file name) -> the output's URL
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def stored_outputs(record: RunRecord, url_for: UrlFor) -> tuple[ev.StoredOutput,
             ev.StoredOutput(
                 kind=kind,
                 index=index,
-                url=url_for(kind, record.run_id, index),
+                url=url_for(kind, record.run_id, index, entity.filename),
                 mime=meta.mime,
                 size_bytes=meta.size_bytes,
                 sha256=meta.sha256,

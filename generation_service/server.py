@@ -118,6 +118,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         lost_grace_s=settings.lost_prompt_grace_seconds,
         signing_secret=settings.media_signing_secret,
         url_ttl_s=settings.media_url_ttl_seconds,
+        file_urls=settings.media_urls == "files",
     )
     defaults = RunOptions(
         queue_timeout_s=settings.queue_timeout_seconds, execution_timeout_s=settings.execution_timeout_seconds

@@ -53,6 +53,8 @@ HELP = {
     "media_signing_secret": "HMAC secret shared with the gateway: output URLs are signed and expire "
     "(set it through the environment)",
     "media_url_ttl_seconds": "how long a signed output URL stays valid",
+    "media_urls": "'gateway' (/api/media/... URLs) or 'files' (with a signing secret: file URLs that nginx "
+    "serves and checks itself, see deploy/nginx/media-gateway.conf)",
     "templates_dir": "folder of workflow templates (checked at start-up, reloaded on change); empty: none",
     "max_input_media_bytes": "largest input media file a template request may carry",
     "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
@@ -108,6 +110,7 @@ class Settings:
     tls_client_ca_file: str = ""
     media_signing_secret: str = ""
     media_url_ttl_seconds: float = 86400.0
+    media_urls: str = "gateway"
     templates_dir: str = str(SHIPPED_TEMPLATES_DIR)
     max_input_media_bytes: int = 50 * 1024 * 1024
     log_level: str = "INFO"
@@ -164,6 +167,8 @@ class Settings:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"{name}: no such file: {path}")
+        if self.media_urls not in ("gateway", "files"):
+            raise ValueError(f"media_urls: must be 'gateway' or 'files', got {self.media_urls!r}")
         if self.auth_tokens and not all(t.strip() for t in self.auth_tokens.split(",")):
             raise ValueError("auth_tokens: an empty token in the list")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from comfy_generation import logformat
 from media_gateway.app import check_runs_dir
-from media_gateway.serve import serve_forever
+from media_gateway.serve import serve_forever, serve_workers
 from media_gateway.settings import LOG_FORMATS, LOG_LEVELS, SERVERS, Settings, SettingsError, env_name, flag_name
 
 _HELP = {
@@ -28,6 +28,7 @@ _HELP = {
     "emits are signed. Set it through the environment, not the command line (default: empty, off)",
     "signed_url_ttl_seconds": "how long the media URLs emitted by the info endpoint and the run page stay "
     "valid, in seconds (default: 86400)",
+    "workers": "granian worker processes sharing the listening socket (default: 0, one per core)",
 }
 _METAVARS = {
     "runs_dir": "DIR",
@@ -39,6 +40,7 @@ _METAVARS = {
     "log_format": "FORMAT",
     "signing_secret": "SECRET",
     "signed_url_ttl_seconds": "SECONDS",
+    "workers": "N",
 }
 
 
@@ -55,14 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
-    """Settings from the environment with the parsed command-line flags laid over it."""
+def merged_environment(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment with the parsed command-line flags laid over it (what worker processes read)."""
     merged = dict(environ)
     for name in _HELP:
         value = getattr(args, name)
         if value is not None:
             merged[env_name(name)] = value
-    return Settings.from_env(merged)
+    return merged
+
+
+def load_settings(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from the environment with the parsed command-line flags laid over it."""
+    return Settings.from_env(merged_environment(args, environ))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logformat.configure(settings.log_level, settings.log_format)  # stderr; the server's access log included
     try:
         check_runs_dir(settings.runs_dir)
-        asyncio.run(serve_forever(settings))
+        if settings.worker_count > 1:
+            os.environ.update(merged_environment(args))  # each worker reads its settings from there
+            serve_workers(settings)
+        else:
+            asyncio.run(serve_forever(settings))
     except RuntimeError as exc:
         logging.getLogger("media_gateway").error("%s", exc)
         return 1

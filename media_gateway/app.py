@@ -21,6 +21,7 @@ from comfy_generation.runstore import (
     InvalidRunId,
     MediaKind,
     RunStore,
+    file_signature_problem,
     output_url,
     parse_run_id,
     signature_problem,
@@ -112,12 +113,36 @@ class _Endpoints:
         kind = _kind(request.path_params["kind"])
         run_id = _run_id(request)  # validated before anything touches the filesystem
         index = _index(request.path_params.get("index"))
+        return await self._serve(request, kind, run_id, index, None)
+
+    async def file(self, request: Request) -> Response:
+        """A file URL (``/files/<type>/<run_id>/<index>/<name>``, what nginx serves itself in front-server
+        mode): the same output, answered the same way, when ``name`` is its stored file; only signed."""
+        if not self.secret:
+            raise HTTPException(404, "file URLs need a signing secret")
+        params = request.query_params
+        problem = file_signature_problem(
+            request.scope["path"], params.get("expires"), params.get("sig"), self.secret, time.time()
+        )
+        if problem is not None:
+            raise HTTPException(403, problem)
+        kind = _kind(request.path_params["kind"])
+        run_id = _run_id(request)
+        index = _index(request.path_params["index"])
+        return await self._serve(request, kind, run_id, index, request.path_params["name"])
+
+    async def _serve(
+        self, request: Request, kind: MediaKind, run_id: str, index: int | None, name: str | None
+    ) -> Response:
         try:
             output, file = await anyio.to_thread.run_sync(self._open_output, run_id, kind, index)
         except OutputNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         except RecordDamaged as exc:
             raise HTTPException(422, str(exc)) from exc
+        if name is not None and output.path.name != name:
+            file.close()
+            raise HTTPException(404, f"run {run_id}: {kind.value} output {index} is not {name!r}")
         attachment = request.query_params.get("download", "").lower() in _YES
         return MediaResponse(output, file, attachment=attachment, accel_prefix=self.accel_prefix)
 
@@ -211,6 +236,7 @@ def create_app(settings: Settings) -> Starlette:
         # Anything deeper (or a trailing slash) still gets its run id checked, so that a decoded ``..%2f``
         # is answered like every other malformed run id.
         Route("/api/media/{kind}/{run_id}/{rest:path}", endpoints.not_found, methods=["GET"]),
+        Route("/files/{kind}/{run_id}/{index}/{name}", endpoints.file, methods=["GET"]),
     ]
     # Outermost, so that it sees every answer (CORS preflights, errors) as it leaves.
     media_types = {name: kind.value for name, kind in URL_KINDS.items()}

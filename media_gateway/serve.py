@@ -21,8 +21,10 @@ from granian._granian import ListenerSpec
 from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server.embed import Server as EmbeddedGranian
+from granian.server.mp import MPServer
 from starlette.applications import Starlette
 
+from comfy_generation import logformat
 from media_gateway.app import create_app
 from media_gateway.settings import Settings
 
@@ -94,8 +96,59 @@ class _Granian(EmbeddedGranian):
         self._shd, self._sfd, self._ssp = holder, self._listen_fd, None  # type: ignore[assignment]
 
     def bound_port(self) -> int:
-        with socket.socket(fileno=os.dup(self._listen_fd)) as sock:
-            return int(sock.getsockname()[1])
+        return _port_of(self._listen_fd)
+
+
+def _port_of(fd: int) -> int:
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        return int(sock.getsockname()[1])
+
+
+class _SharedSocketGranian(MPServer):
+    """Granian's worker processes on one listening socket built here (granian's own path on other
+    platforms; on Linux each worker would bind its own SO_REUSEPORT socket): one accept queue for all,
+    and port 0 means one port."""
+
+    def _init_shared_socket(self) -> None:
+        # What granian's MPServer does where there is no SO_REUSEPORT: one socket, inherited by every worker.
+        holder = ListenerSpec(self.bind_addr, self.bind_port, self.backlog).build()
+        self.listen_fd = int(holder.get_fd())
+        self._shd, self._sfd, self._ssp = holder, self.listen_fd, None  # type: ignore[assignment]
+        self._sso = socket.socket(fileno=self.listen_fd)
+        self._sso.set_inheritable(True)
+
+
+def app_from_environment() -> Starlette:
+    """The app of one worker process: its settings come from the ``MEDIA_GATEWAY_*`` environment."""
+    settings = Settings.from_env()
+    logformat.configure(settings.log_level, settings.log_format)  # a spawned worker starts unconfigured
+    return create_app(settings)
+
+
+def serve_workers(settings: Settings) -> None:
+    """``python -m media_gateway`` with ``settings.worker_count`` granian workers, each a process with its own
+    app built from the environment; blocks until SIGINT or SIGTERM (granian's own handlers)."""
+    server = _SharedSocketGranian(
+        "media_gateway.serve:app_from_environment",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        workers=settings.worker_count,
+        interface=Interfaces.ASGINL,
+        log_level=LogLevels(settings.log_level),
+        log_dictconfig=_granian_logging(settings),
+        log_access=True,
+        websockets=False,
+    )
+
+    def listening() -> None:  # called once the socket is bound, before the workers start
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        url = f"http://{host}:{_port_of(server.listen_fd)}"  # the real port, when port 0 was asked for
+        logger.info("media gateway (granian, %d workers) listening on %s", settings.worker_count, url)
+
+    server.on_startup(listening)
+    server.on_shutdown(lambda: logger.info("media gateway stopping"))
+    server.serve()
 
 
 def _granian_logging(settings: Settings) -> dict[str, Any]:

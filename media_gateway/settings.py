@@ -58,6 +58,8 @@ class Settings:
     must carry valid ``expires`` and ``sig`` parameters, and the URLs the gateway emits are signed."""
     signed_url_ttl_seconds: int = 86400
     """How long the media URLs emitted by the info endpoint and the run page stay valid."""
+    workers: int = 0
+    """Granian worker processes sharing the listening socket; 0: one per core. uvicorn runs one."""
 
     def __post_init__(self) -> None:
         if not str(self.runs_dir):
@@ -76,6 +78,11 @@ class Settings:
             raise _fail("log_format", f"{self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
         if self.signing_secret != self.signing_secret.strip():
             raise _fail("signing_secret", "starts or ends with whitespace (a stray newline?)")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        if not 0 <= self.workers <= 256:
+            raise _fail("workers", f"{self.workers} is not between 0 (one per core) and 256")
         if not 0 < self.signed_url_ttl_seconds <= 10 * 365 * 86400:
             raise _fail("signed_url_ttl_seconds", f"{self.signed_url_ttl_seconds} is not between 1 and 315360000")
 
@@ -96,9 +103,11 @@ class Settings:
             return value or None
 
         default = cls()
-        ttl = get("signed_url_ttl_seconds")
+        ttl, workers = get("signed_url_ttl_seconds"), get("workers")
         if ttl is not None and not (ttl.isascii() and ttl.isdigit()):
             raise _fail("signed_url_ttl_seconds", f"{ttl!r} is not a whole number of seconds")
+        if workers is not None and not (workers.isascii() and workers.isdigit()):
+            raise _fail("workers", f"{workers!r} is not a whole number")
         values = {name: get(name) for name in ("runs_dir", "listen", "accel_redirect")}
         secret = environ.get(env_name("signing_secret"), "")  # not stripped: it must equal the service's byte for byte
         lowered = {name: get(name) for name in ("log_level", "server", "log_format")}
@@ -113,7 +122,15 @@ class Settings:
             log_format=(lowered["log_format"] or default.log_format).lower(),
             signing_secret=secret,
             signed_url_ttl_seconds=int(ttl) if ttl is not None else default.signed_url_ttl_seconds,
+            workers=int(workers) if workers is not None else default.workers,
         )
+
+    @property
+    def worker_count(self) -> int:
+        """How many processes serve: ``workers``, or one per core (granian only: uvicorn runs one)."""
+        if self.server != "granian":
+            return 1
+        return self.workers or os.cpu_count() or 1
 
 
 def parse_origins(text: str) -> tuple[str, ...]:

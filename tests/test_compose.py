@@ -75,7 +75,14 @@ def test_the_runs_volume_is_written_by_the_service_only():
 
 
 def test_nginx_runs_the_shipped_config_in_front_of_the_gateway():
-    assert mounts("nginx")["/etc/nginx/conf.d/default.conf"] == "./deploy/nginx/media-gateway.conf:ro"
+    assert mounts("nginx")["/etc/nginx/templates/default.conf.template"] == "./deploy/nginx/media-gateway.conf:ro"
+    # nginx checks file URLs with the secret the service signs them with
+    assert "${MEDIA_SIGNING_SECRET}" in NGINX_CONF
+    assert SERVICES["nginx"]["environment"]["MEDIA_SIGNING_SECRET"] == "${MEDIA_SIGNING_SECRET:-}"
+    assert SERVICES["generation-service"]["environment"]["GENERATION_MEDIA_SIGNING_SECRET"].startswith(
+        "${MEDIA_SIGNING_SECRET:-}"
+    )
+    assert environment("generation-service")["GENERATION_MEDIA_URLS"] == "files"
     gateway = environment("media-gateway")
     upstream = re.search(r"server ([a-z-]+):(\d+);", NGINX_CONF)
     assert upstream is not None

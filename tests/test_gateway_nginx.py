@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from comfy_generation.runstore import signed_media_url
+from comfy_generation.runstore import MediaKind, format_for_extension, output_url, signed_media_url
 from gateway_helpers import mp4_bytes, png_bytes, write_run
 from media_gateway.http_semantics import Validators
 from media_gateway.metrics import Metrics
@@ -39,16 +40,19 @@ class Front:
     metrics: Metrics
 
 
-def _site_config(gateway_port: int, nginx_port: int, runs_dir: Path) -> str:
-    """The shipped server block with only the deployment-specific values replaced (each exactly once)."""
+def _site_config(gateway_port: int, nginx_port: int, runs_dir: Path, secret: str) -> str:
+    """The shipped server block with only the deployment-specific values replaced (each exactly once), as
+    compose and docker's nginx image do."""
     text = SHIPPED.read_text()
-    for pattern, value in [
-        (r"server media-gateway:8081;", f"server 127.0.0.1:{gateway_port};"),
-        (r"listen 8080;", f"listen 127.0.0.1:{nginx_port};"),
-        (r"alias /srv/runs/;", f"alias {runs_dir}/;"),
+    for old, new in [
+        ("server media-gateway:8081;", f"server 127.0.0.1:{gateway_port};"),
+        ("listen 8080;", f"listen 127.0.0.1:{nginx_port};"),
+        ("alias /srv/runs/;", f"alias {runs_dir}/;"),
+        ("alias /srv/runs/$media_run", f"alias {runs_dir}/$media_run"),
+        ("${MEDIA_SIGNING_SECRET}", secret),
     ]:
-        text, count = re.subn(pattern, value, text)
-        assert count == 1, pattern
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
     return text
 
 
@@ -80,7 +84,8 @@ async def running_front(tmp_path: Path, **extra: Any) -> AsyncIterator[Front]:
     nginx_port = listener.getsockname()[1]
     async with running_gateway(settings) as gateway:
         site = tmp_path / "site.conf"
-        site.write_text(_site_config(gateway.port, nginx_port, runs_dir))
+        secret = str(extra.get("signing_secret", ""))
+        site.write_text(_site_config(gateway.port, nginx_port, runs_dir, secret))
         conf = tmp_path / "nginx.conf"
         conf.write_text(_main_config(tmp_path, site))
         fd = listener.fileno()
@@ -234,3 +239,144 @@ async def test_signatures_are_checked_before_the_hand_off(tmp_path: Path):
         assert "x-accel-redirect" not in refused.headers and not refused.content.startswith(b"\x00\x00")
     assert (good.status_code, good.content) == (206, content[10:20])
     assert download.content == content and download.headers["content-disposition"].startswith("attachment;")
+
+
+SECRET = "file-secret"
+
+
+def _file_url(front: Front, kind: MediaKind, index: int, name: str, expires: int | None = None) -> str:
+    return output_url(
+        "", kind, front.run_id, index, secret=SECRET, expires=expires or int(time.time()) + 60, filename=name
+    )
+
+
+@pytest.fixture
+async def signed_front(tmp_path: Path) -> AsyncIterator[Front]:
+    async with running_front(tmp_path, signing_secret=SECRET) as front:
+        yield front
+
+
+async def test_file_urls_are_served_by_nginx_with_the_gateway_headers(signed_front: Front):
+    front = signed_front
+    _, content, stat = _video(front)
+    url = _file_url(front, MediaKind.VIDEO, 0, "02_output_video.mp4")
+    assert url.startswith(f"/files/video/{front.run_id}/0/02_output_video.mp4?expires=")
+
+    response = await front.nginx.get(url, headers={"Origin": ORIGIN})
+    image = await front.nginx.get(_file_url(front, MediaKind.IMAGE, 0, "03_output_image.png") + "&download=1")
+    head = await front.nginx.head(url)
+
+    assert response.status_code == 200 and response.content == content
+    assert response.headers["content-type"] == "video/mp4"
+    assert response.headers["content-length"] == str(len(content))
+    assert response.headers["accept-ranges"] == "bytes"
+    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-disposition"] == f'inline; filename="{front.run_id}_0.mp4"'
+    assert response.headers["etag"] == Validators.of(stat).etag
+    assert response.headers["last-modified"] == Validators.of(stat).last_modified
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "content-range" in response.headers["access-control-expose-headers"].lower()
+    assert image.content == png_bytes() and image.headers["content-type"] == "image/png"
+    assert image.headers["content-disposition"] == f'attachment; filename="{front.run_id}_0.png"'
+    assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", str(len(content)))
+    assert front.metrics.registry.get_sample_value("media_gateway_accel_redirects_total", {"media_type": "video"}) in (
+        None,
+        0,
+    )  # the gateway never saw them
+
+
+async def test_file_urls_ranges_and_conditionals_by_nginx(signed_front: Front):
+    front = signed_front
+    _, content, stat = _video(front)
+    url = _file_url(front, MediaKind.VIDEO, 0, "02_output_video.mp4")
+    size = len(content)
+
+    single = await front.nginx.get(url, headers={"Range": "bytes=100-199"})
+    multi = await front.nginx.get(url, headers={"Range": "bytes=0-9,500-509"})
+    unsatisfiable = await front.nginx.get(url, headers={"Range": f"bytes={size}-"})
+    cached = await front.nginx.get(url, headers={"If-None-Match": Validators.of(stat).etag})
+
+    assert (single.status_code, single.content) == (206, content[100:200])
+    assert single.headers["content-range"] == f"bytes 100-199/{size}"
+    assert multi.status_code == 206 and content[500:510] in multi.content
+    assert unsatisfiable.status_code == 416 and unsatisfiable.json() == {"error": "range not satisfiable"}
+    assert unsatisfiable.headers["content-range"] == f"bytes */{size}"
+    assert (cached.status_code, cached.content) == (304, b"")
+
+
+async def test_file_urls_are_refused_without_a_valid_signature(signed_front: Front):
+    front = signed_front
+    url = _file_url(front, MediaKind.VIDEO, 0, "02_output_video.mp4")
+    expired = _file_url(front, MediaKind.VIDEO, 0, "02_output_video.mp4", expires=int(time.time()) - 1)
+
+    answers = {
+        "unsigned": await front.nginx.get(url.split("?")[0]),
+        "forged": await front.nginx.get(url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB")),
+        "other index": await front.nginx.get(url.replace("/0/", "/1/", 1)),
+        "expired": await front.nginx.get(expired),
+    }
+
+    for name, answer in answers.items():
+        assert answer.status_code == 403, name
+        assert answer.headers["content-type"] == "application/json" and not answer.content.startswith(b"\x00"), name
+        assert answer.headers["cache-control"] == "no-store", name
+    assert answers["forged"].json() == {"error": "the signature does not match this URL"}
+    assert answers["expired"].json() == {"error": "this URL has expired"}
+
+
+async def test_file_urls_reach_only_output_files(signed_front: Front):
+    front = signed_front
+    run = front.runs_dir / front.run_id
+    (run / "05_output_video.mp4").symlink_to(run / "02_output_video.mp4")
+    names = ["metadata.json", "01_workflow.json", "events.jsonl", "05_output_video.mp4", "..%2fmetadata.json"]
+
+    answers = {n: await front.nginx.get(_file_url(front, MediaKind.VIDEO, 0, n)) for n in names}
+
+    for name, answer in answers.items():
+        assert answer.status_code in (400, 403, 404), name
+        assert not answer.content.startswith(b"\x00\x00") and b'"run_id"' not in answer.content, name
+    assert answers["05_output_video.mp4"].status_code == 404  # a symlink, refused by nginx itself
+
+
+async def test_file_urls_need_the_secret_in_nginx(front: Front):
+    # Without a secret nginx cannot tell a valid URL from a forged one: it refuses every file URL.
+    url = output_url("", MediaKind.VIDEO, front.run_id, 0, secret="x", expires=2**31, filename="02_output_video.mp4")
+
+    response = await front.nginx.get(url)
+
+    assert response.status_code == 404 and response.headers["content-type"] == "application/json"
+
+
+def test_nginx_mime_table_is_runstore_table():
+    block = re.search(r"types \{([^}]*)\}", SHIPPED.read_text())
+    assert block is not None
+    lines = (line.strip().rstrip(";").split() for line in block.group(1).strip().splitlines())
+    table = {ext: mime for mime, *exts in lines for ext in exts}
+    pattern = re.search(r"\(\?<media_ext>([a-z0-9|]+)\)", SHIPPED.read_text())
+    assert pattern is not None
+    assert sorted(table) == sorted(pattern.group(1).split("|"))
+    for ext, mime in table.items():
+        media_format = format_for_extension(ext)
+        assert media_format is not None and media_format.mime == mime, ext
+
+
+async def test_the_gateway_alone_answers_file_urls_as_nginx_does(tmp_path: Path):
+    run_id = write_run(tmp_path, [(mp4_bytes(), "v.mp4"), (png_bytes(), "a.png")])
+    settings = Settings(runs_dir=tmp_path, listen="127.0.0.1:0", signing_secret=SECRET)
+    soon = int(time.time()) + 60
+    url = output_url("", MediaKind.VIDEO, run_id, 0, secret=SECRET, expires=soon, filename="02_output_video.mp4")
+    other = output_url("", MediaKind.VIDEO, run_id, 0, secret=SECRET, expires=soon, filename="03_output_image.png")
+    async with running_gateway(settings) as gateway, httpx.AsyncClient(base_url=gateway.base_url) as client:
+        good = await client.get(url, headers={"Range": "bytes=0-9"})
+        forged = await client.get(url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB"))
+        wrong_file = await client.get(other)
+    async with running_gateway(dataclasses.replace(settings, signing_secret="")) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.base_url) as client:
+            unsigned_gateway = await client.get(url)
+
+    assert (good.status_code, good.content) == (206, mp4_bytes()[:10])
+    assert good.headers["content-disposition"] == f'inline; filename="{run_id}_0.mp4"'
+    assert forged.status_code == 403 and forged.json() == {"error": "the signature does not match this URL"}
+    assert wrong_file.status_code == 404  # validly signed, but not the video output 0
+    assert unsigned_gateway.status_code == 404

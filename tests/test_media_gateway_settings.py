@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ def test_from_env_reads_every_setting():
             "MEDIA_GATEWAY_LOG_FORMAT": "JSON",
             "MEDIA_GATEWAY_SIGNING_SECRET": "s3cret value",
             "MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS": " 600 ",
+            "MEDIA_GATEWAY_WORKERS": "3",
             "UNRELATED": "x",
         }
     )
@@ -50,6 +52,12 @@ def test_from_env_reads_every_setting():
         600,
     )
     assert "s3cret" not in repr(settings)
+    assert (settings.workers, settings.worker_count) == (3, 1)  # uvicorn runs one process whatever is asked
+
+
+def test_granian_runs_a_worker_per_core_by_default():
+    assert Settings().worker_count == (os.cpu_count() or 1)
+    assert Settings(workers=2).worker_count == 2
 
 
 @pytest.mark.parametrize(
@@ -73,6 +81,8 @@ def test_from_env_reads_every_setting():
         ("MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS", "1.5"),
         ("MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS", "-5"),
         ("MEDIA_GATEWAY_SIGNED_URL_TTL_SECONDS", "999999999999"),
+        ("MEDIA_GATEWAY_WORKERS", "many"),
+        ("MEDIA_GATEWAY_WORKERS", "257"),
     ],
 )
 def test_invalid_values_name_the_variable_and_the_flag(variable, value):

@@ -35,8 +35,11 @@ from comfy_generation.runstore.record import (
 )
 from comfy_generation.runstore.schema import DamagedRecord
 from comfy_generation.runstore.urls import (
+    file_path,
+    file_signature_problem,
     media_url,
     output_url,
+    sign_file_path,
     sign_media_path,
     signature_problem,
     signed_media_url,
@@ -67,6 +70,8 @@ __all__ = [
     "atomic_file",
     "detect_format",
     "entity_filename",
+    "file_path",
+    "file_signature_problem",
     "format_for_extension",
     "media_url",
     "new_run_id",
@@ -74,6 +79,7 @@ __all__ = [
     "output_url",
     "parse_run_id",
     "record_text",
+    "sign_file_path",
     "sign_media_path",
     "signature_problem",
     "signed_media_url",
