@@ -52,12 +52,12 @@ def port_of(listen: str) -> str:
 
 
 def test_the_services_and_their_commands():
-    assert set(SERVICES) == {"generation-service", "media-gateway", "nginx", "simulator", "simulator-2"}
+    assert set(SERVICES) == {"generation-service", "media-gateway", "nginx", "redis", "simulator", "simulator-2"}
     assert SERVICES["generation-service"]["command"] == ["python", "-m", "generation_service"]
     assert SERVICES["media-gateway"]["command"] == ["python", "-m", "media_gateway"]
     assert SERVICES["simulator"]["command"][:3] == ["python", "-m", "comfy_simulator"]
     assert SERVICES["nginx"]["image"].startswith("nginx:")
-    python = [name for name in SERVICES if name != "nginx"]
+    python = [name for name in SERVICES if name not in ("nginx", "redis")]
     assert {SERVICES[name]["image"] for name in python} == {"comfy-generation:latest"}
     assert all(SERVICES[name]["build"] == "." for name in python)
 
@@ -89,15 +89,36 @@ def test_nginx_runs_the_shipped_config_in_front_of_the_gateway():
     assert upstream.groups() == ("media-gateway", port_of(gateway["MEDIA_GATEWAY_LISTEN"]))
     assert f"location {gateway['MEDIA_GATEWAY_ACCEL_REDIRECT']} {{" in NGINX_CONF  # front-server mode on
     listen = re.search(r"listen (\d+);", NGINX_CONF)
-    assert listen is not None and SERVICES["nginx"]["ports"] == [f"{listen.group(1)}:{listen.group(1)}"]
-    assert SERVICES["nginx"]["depends_on"] == {"media-gateway": {"condition": "service_healthy"}}
+    assert listen is not None and SERVICES["nginx"]["ports"][0] == f"{listen.group(1)}:{listen.group(1)}"
+    assert SERVICES["nginx"]["depends_on"]["media-gateway"] == {"condition": "service_healthy"}
+
+
+def test_the_service_runs_as_replicas_on_redis_behind_nginx_grpc():
+    service = environment("generation-service")
+    assert service["GENERATION_REDIS_URL"] == "redis://redis:6379/0"
+    settings = ServiceSettings.from_args([], {k: v for k, v in service.items() if k.startswith(SERVICE_PREFIX)})
+    assert settings.redis_url and settings.takeover_seconds <= 15
+    assert SERVICES["generation-service"]["deploy"]["replicas"] == "${GENERATION_REPLICAS:-3}"
+    assert "ports" not in SERVICES["generation-service"]  # replicas share no host port: nginx is their address
+    assert SERVICES["generation-service"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    redis = SERVICES["redis"]
+    assert redis["image"].startswith("redis:7") and "ports" not in redis
+    assert redis["command"][:3] == ["redis-server", "--appendonly", "yes"]
+    assert mounts("redis")["/data"] == "redis-data" and "redis-data" in COMPOSE["volumes"]
+    assert " ".join(redis["healthcheck"]["test"]) == "CMD redis-cli ping"
+    grpc_conf = (REPO / "deploy" / "nginx" / "grpc.conf").read_text()
+    assert mounts("nginx")["/etc/nginx/conf.d/grpc.conf"] == "./deploy/nginx/grpc.conf:ro"
+    assert f"server generation-service:{port_of(service['GENERATION_LISTEN'])};" in grpc_conf
+    grpc_listen = re.search(r"listen (\d+) http2;", grpc_conf)
+    assert grpc_listen is not None
+    # gRPC is published on the host's loopback unless the operator says otherwise.
+    assert SERVICES["nginx"]["ports"][1] == "${GRPC_PUBLISH_ADDRESS:-127.0.0.1}:" + f"{grpc_listen.group(1)}:50051"
 
 
 def test_ports_match_the_settings_and_metrics_stay_on_loopback():
     service, gateway = environment("generation-service"), environment("media-gateway")
-    grpc_port, metrics_port = port_of(service["GENERATION_LISTEN"]), port_of(service["GENERATION_METRICS_LISTEN"])
     assert service["GENERATION_LISTEN"].startswith("0.0.0.0:")
-    assert SERVICES["generation-service"]["ports"] == [f"{grpc_port}:{grpc_port}", f"127.0.0.1:{metrics_port}:9100"]
+    assert service["GENERATION_METRICS_LISTEN"].startswith("0.0.0.0:")  # scraped inside the compose network
     gateway_port = port_of(gateway["MEDIA_GATEWAY_LISTEN"])
     assert SERVICES["media-gateway"]["ports"] == [f"127.0.0.1:{gateway_port}:{gateway_port}"]
     assert SERVICES["simulator"]["ports"] == ["127.0.0.1:8188:8188"]
@@ -112,6 +133,7 @@ def test_every_service_has_a_health_check():
     assert f"http://127.0.0.1:{gateway_port}/readyz" in checks["media-gateway"]
     assert "http://127.0.0.1:8080/readyz" in checks["nginx"]
     assert "/system_stats" in checks["simulator"] and "/system_stats" in checks["simulator-2"]
+    assert checks["redis"] == "CMD redis-cli ping"
     for name in SERVICES:
         assert {"interval", "timeout", "retries"} <= set(SERVICES[name]["healthcheck"]), name
 

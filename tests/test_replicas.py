@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -17,6 +18,9 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from comfygen.v1 import generation_pb2 as pb
+from comfygen.v1 import generation_pb2_grpc as pb_grpc
+from generation_client import AsyncGenerationClient
+from process_helpers import free_port
 from replica_helpers import (
     TAKEOVER_S,
     assert_one_continuous_run,
@@ -277,3 +281,63 @@ async def test_a_redis_that_forgot_everything_mid_run_is_filled_again_from_run_s
         assert [e.seq for e in await watch_all(two.stub, run.run_id)] == [e.seq for e in events]
         listed = await three.stub.ListRuns(pb.ListRunsRequest())
         assert [r.run_id for r in listed.runs] == [run.run_id, done.run_id]
+
+
+GRPC_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "grpc.conf"
+
+
+async def test_the_shipped_grpc_front_spreads_calls_over_the_replicas(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2, 1) as c:
+        text = GRPC_CONF.read_text()
+        servers = "".join(f"server {r.process.target};\n" for r in c.replicas)
+        port = free_port()
+        for old, new in [
+            ("server generation-service:50051;\n", servers),
+            ("listen 50051 http2;", f"listen 127.0.0.1:{port} http2;"),
+        ]:
+            assert text.count(old) == 1, old
+            text = text.replace(old, new)
+        site = tmp_path / "grpc.conf"
+        site.write_text(text)
+        conf = tmp_path / "nginx.conf"
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temp = "".join(f"{n}_temp_path {tmp_path}/{n};\n" for n in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        conf.write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log stderr warn;\n"
+            f"events {{ worker_connections 256; }}\nhttp {{\naccess_log off;\n{temp}include {site};\n}}\n"
+        )
+        nginx = await asyncio.create_subprocess_exec(
+            "nginx", "-e", "stderr", "-p", str(tmp_path), "-c", str(conf), stderr=asyncio.subprocess.PIPE
+        )
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            await asyncio.wait_for(channel.channel_ready(), 20)
+            stub = pb_grpc.GenerationServiceStub(channel)
+            runs = [await submit(stub, workflow_json=sampler(steps=2, seconds=0.2, color=i)) for i in range(4)]
+            for run in runs:  # streams through nginx, to whichever replica it picks
+                events = await watch_all(stub, run.run_id)
+                assert_one_continuous_run(events)
+                assert events[-1].HasField("completed")
+            assert {_owner(c.runs_dir, r.run_id) for r in runs} == {"replica-1", "replica-2"}
+        finally:
+            await channel.close()
+            nginx.send_signal(signal.SIGQUIT)
+            _, stderr = await nginx.communicate()
+        assert b"[emerg]" not in stderr and b"[alert]" not in stderr, stderr.decode()
+
+
+async def test_the_client_balances_over_the_replicas_and_retries_reads_when_one_dies(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2, 1) as c:
+        # One target naming both replicas (a dns:/// name with two addresses resolves the same way).
+        target = "ipv4:" + ",".join(r.process.target for r in c.replicas)
+        async with AsyncGenerationClient(target) as client:
+            runs = [await client.submit(sampler(steps=2, seconds=0.2, color=i)) for i in range(4)]
+            assert {_owner(c.runs_dir, r.run_id) for r in runs} == {"replica-1", "replica-2"}
+            for run in runs:
+                events = [e async for e in client.watch(run.run_id)]
+                assert events[-1].HasField("completed")
+            await c.replicas[0].process.kill()
+            # Reads keep working: a call that meets the dead replica is retried on the live one.
+            for _ in range(3):
+                for run in runs:
+                    assert (await client.get(run.run_id)).status == pb.RUN_STATUS_COMPLETED
