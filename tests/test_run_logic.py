@@ -350,7 +350,7 @@ async def test_a_resumed_run_completes_from_history_without_downloading_staged_o
     handle = await logic.runner.start(SPEC)
     prompt = await logic.backend.next_prompt()
     await logic.backend.until(lambda: prompt.refs[1] in logic.backend.holding)
-    seen = handle.last_seq
+    seen = logic.runner.runs[handle.run_id].last_seq
     await logic.runner.close()  # mid-run: the first output staged, the second half-downloaded
 
     left = RunStore(logic.root).read_record(handle.run_id)
