@@ -341,3 +341,25 @@ async def test_the_client_balances_over_the_replicas_and_retries_reads_when_one_
             for _ in range(3):
                 for run in runs:
                     assert (await client.get(run.run_id)).status == pb.RUN_STATUS_COMPLETED
+
+
+async def test_a_generate_call_outlives_its_replica_losing_the_run(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        one = c.replicas[0]
+        request = pb.GenerateRequest(spec=pb.RunSpec(workflow_json=sampler(steps=30, seconds=6)))
+        call = one.stub.Generate(request)
+        events = []
+        async for reply in call:
+            events.append(reply.event)
+            if reply.event.HasField("node_progress"):
+                break
+        run_id = events[0].run_id
+        # Another owner's mark, as a replica that took the run over would make it: replica one stops
+        # writing the run, stops claiming it, and the others take it over once its entry is idle.
+        mark = c.runs_dir / run_id / ".owner.json"
+        mark.write_text(json.dumps({"replica": "elsewhere"}))
+        events += [reply.event async for reply in call]
+        assert_one_continuous_run(events)
+        assert events[-1].HasField("completed")
+        assert _owner(c.runs_dir, run_id) in ("replica-2", "replica-3")
+        assert any("another replica owns it now" in line for line in one.process.log)

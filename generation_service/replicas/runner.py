@@ -66,6 +66,28 @@ class RemoteRun:
         self.runner.background(self.runner.cancel(self._run_id, reason))
 
 
+class OwnedRun:
+    """A run this replica started, as its caller sees it: followed here, and on from Redis should another
+    replica take it over meanwhile."""
+
+    def __init__(self, runner: ReplicaRunner, handle: RunHandle) -> None:
+        self.runner = runner
+        self.handle = handle
+
+    @property
+    def run_id(self) -> str:
+        return self.handle.run_id
+
+    def events(self, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
+        return self.runner._watched(self.handle.run_id, after_seq, self.handle)
+
+    def cancel(self, reason: str) -> None:
+        if self.handle.writer is not None and self.handle.writer.deposed:
+            RemoteRun(self.runner, self.run_id).cancel(reason)
+        else:
+            self.handle.cancel(reason)
+
+
 class ReplicaRunner(Runner):
     def __init__(
         self, *args: Any, link: RedisLink, takeover_s: float = 15.0, retention_s: float = 86400.0, **kwargs: Any
@@ -104,12 +126,12 @@ class ReplicaRunner(Runner):
         check_request_id(spec.request_id)
         self._require_redis("starting a run")
         if not spec.request_id:
-            return await self._start_new(spec)
+            return self._view(await self._start_new(spec))
         while True:
             run_id = new_run_id()
             first = await self.shared.claim_request(spec.request_id, run_id, spec.fingerprint)
             if first is None:
-                return await self._start_claimed(spec, run_id)
+                return self._view(await self._start_claimed(spec, run_id))
             other_run, fingerprint = first
             if fingerprint != spec.fingerprint:
                 raise RequestConflict(
@@ -141,7 +163,7 @@ class ReplicaRunner(Runner):
         key = self.keys.request(request_id)
         while time.monotonic() < give_up:
             if (handle := self.runs.get(run_id)) is not None:
-                return handle
+                return self._view(handle)
             with contextlib.suppress(RunNotFound):  # not recorded yet
                 record, last_seq = await self._find(run_id)
                 if record.status.is_terminal and last_seq > 0:
@@ -153,6 +175,9 @@ class ReplicaRunner(Runner):
                 return None
             await asyncio.sleep(ACCEPT_POLL_S)
         raise BackendUnavailable(f"the replica that took request_id {request_id!r} has not started its run")
+
+    def _view(self, started: RunView) -> RunView:
+        return OwnedRun(self, started) if isinstance(started, RunHandle) else started
 
     async def _before_dispatch(self) -> None:
         await self.load.refresh(self.pool)
