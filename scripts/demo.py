@@ -17,7 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -172,7 +172,8 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
+def exit_with(main: Callable[[], int]) -> NoReturn:
+    """Run a demo's ``main`` and exit: 0, 1 with the reason, or 130 on Ctrl-C (everything stopped)."""
     try:
         sys.exit(main())
     except KeyboardInterrupt:
@@ -181,3 +182,7 @@ if __name__ == "__main__":
     except RuntimeError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    exit_with(main)

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import redis
-from demo import check_output, free_port, grpc_serving, http_ok, processes, start, wait_ready
+from demo import check_output, exit_with, free_port, grpc_serving, http_ok, processes, start, wait_ready
 
 from comfygen.v1 import generation_pb2 as pb
 from genctl.output import ProgressView
@@ -124,11 +124,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
-    except RuntimeError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        sys.exit(1)
+    exit_with(main)
