@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only 1,2a,2b,3,4,5] [--out bench-results.json]``"""
+"""``python -m benchmarks [--quick] [--only 1,2a,2b,3,4,5,6] [--out bench-results.json]``"""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks import common, gateway, overhead, pool, streams, transfer
+from benchmarks import common, gateway, overhead, pool, replicas, streams, transfer
 from benchmarks.common import PROCESSES, Row, raise_fd_limit, render_table, rows_to_json, wait_for_quiet
 
-SCENARIOS = ("1", "2a", "2b", "3", "4", "5")
+SCENARIOS = ("1", "2a", "2b", "3", "4", "5", "6")
 FULL: dict[str, Any] = {
     "runs": 300,
     "streams": 1000,
@@ -38,6 +38,9 @@ FULL: dict[str, Any] = {
     "gateway_scale": 1.0,
     "pool_runs": 60,
     "pool_seconds": 0.5,
+    "replica_repeats": 1,
+    "takeover_trials": 10,
+    "takeover_seconds": 15.0,
 }
 QUICK: dict[str, Any] = {
     "runs": 40,
@@ -57,6 +60,9 @@ QUICK: dict[str, Any] = {
     "gateway_scale": 0.125,
     "pool_runs": 12,
     "pool_seconds": 0.2,
+    "replica_repeats": 1,
+    "takeover_trials": 2,
+    "takeover_seconds": 3.0,
 }
 
 
@@ -149,6 +155,7 @@ def main() -> int:
         ("3", lambda: transfer.run(work, sizes["transfer_mb"], sizes["transfer_repeats"])),
         ("4", lambda: gateway.run(work, sizes["gateway_seconds"], (16, 64), sizes["gateway_scale"])),
         ("5", lambda: pool.run(work, sizes["pool_runs"], 5, sizes["pool_seconds"])),
+        ("6", lambda: replicas.run(work, sizes)),
     ]
     try:
         for name, scenario in plan:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -67,11 +68,13 @@ class Service:
         PROCESSES.stop(self.proc)
 
 
-def start_service(work: Path, name: str, backend_url: str, **settings: Any) -> Service:
+def start_service(work: Path, name: str, backend_url: str, runs_dir: Path | None = None, **settings: Any) -> Service:
+    """The service on a free port, its runs in ``runs_dir`` (default: its own folder's ``runs``); each
+    setting ``key=value`` becomes ``--key value``."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    runs = folder / "runs"
+    runs = runs_dir or folder / "runs"
     args = ["--backend-url", backend_url, "--runs-dir", str(runs), "--listen", f"127.0.0.1:{port}"]
     args += ["--log-level", "WARNING", "--media-base-url", "http://127.0.0.1:8080"]
     for key, value in settings.items():
@@ -90,3 +93,38 @@ def start_service(work: Path, name: str, backend_url: str, **settings: Any) -> S
             if time.monotonic() > deadline:
                 raise
     return Service(proc, target, runs)
+
+
+@dataclass
+class Redis:
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        PROCESSES.stop(self.proc)
+
+
+def start_redis(work: Path, name: str) -> Redis:
+    """Debian's redis-server on a free loopback port, append-only file in its folder (fsync every second,
+    Redis's default), no snapshots."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("needs redis-server (apt-get install redis-server; `make test` installs it)")
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / "redis.log"
+    args = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
+    args += ["--appendonly", "yes", "--daemonize", "no", "--protected-mode", "no", "--logfile", str(log)]
+    proc = PROCESSES.start(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "Ready to accept connections" in log.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            PROCESSES.stop(proc)
+            raise RuntimeError(f"redis-server did not start; see {log}")
+        time.sleep(0.05)
+    return Redis(proc, f"redis://127.0.0.1:{port}/0")

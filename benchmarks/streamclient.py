@@ -3,7 +3,8 @@
 Opens many server streams at once over a few channels (each its own TCP connection) and records, for
 every event, when it arrived. Modes:
 - ``generate``: one ``Generate`` per stream (genctl's call: grpc.aio, ``stub.Generate(request)``);
-- ``watch``: ``WatchRun(run_id, after_seq=0)`` on the given runs, round-robin;
+- ``watch``: ``WatchRun(run_id, after_seq=0)`` on the given runs, round-robin (and, given ``targets``,
+  round-robin over those servers);
 - ``echo``: the bare grpc.aio echo (``benchmarks.echo``), same shape as ``watch``.
 Writes ``ready_file`` once every stream got its first event, and the results to ``out_file``.
 """
@@ -102,7 +103,14 @@ class Recorder:
 async def main(spec: dict[str, Any]) -> None:
     raise_fd_limit()
     n: int = spec["streams"]
-    channels = [grpc.aio.insecure_channel(spec["target"], options=CHANNEL_OPTIONS) for _ in range(spec["channels"])]
+    # Several targets (``targets``): as many channels to each (``channels`` rounded up to a multiple of
+    # their number), so stream i goes to target i % len(targets).
+    targets: list[str] = spec.get("targets") or [spec["target"]]
+    per_target = -(-spec["channels"] // len(targets))
+    channels = [
+        grpc.aio.insecure_channel(targets[j % len(targets)], options=CHANNEL_OPTIONS)
+        for j in range(per_target * len(targets))
+    ]
     for ch in channels:
         await asyncio.wait_for(ch.channel_ready(), 30)
     streams = [Stream() for _ in range(n)]

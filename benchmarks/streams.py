@@ -12,10 +12,12 @@ b) W concurrent ``WatchRun`` watchers on R running runs (W/R per run) of one ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ def sampler_workflow(steps: int, seconds: float, phase: float = 0.0) -> str:
     return json.dumps(graph)
 
 
-def _clients(work: Path, name: str, procs: int, spec: dict[str, Any]) -> list[tuple[Any, Path, Path]]:
+def start_clients(work: Path, name: str, procs: int, spec: dict[str, Any]) -> list[tuple[Any, Path, Path]]:
     out = []
     per, extra = divmod(spec["streams"], procs)
     for p in range(procs):
@@ -64,7 +66,7 @@ def _clients(work: Path, name: str, procs: int, spec: dict[str, Any]) -> list[tu
     return out
 
 
-def _wait_clients(clients: list[tuple[Any, Path, Path]], timeout: float) -> list[dict[str, Any]]:
+def wait_clients(clients: list[tuple[Any, Path, Path]], timeout: float) -> list[dict[str, Any]]:
     results = []
     for proc, _, out in clients:
         proc.wait(timeout=timeout)
@@ -73,7 +75,7 @@ def _wait_clients(clients: list[tuple[Any, Path, Path]], timeout: float) -> list
     return results
 
 
-def _latencies_ms(results: list[dict[str, Any]], frames: list[tuple[str, str, int, int]]) -> list[float]:
+def latencies_ms(results: list[dict[str, Any]], frames: list[tuple[str, str, int, int]]) -> list[float]:
     sent = {(p, n, v): t for p, n, v, t in frames if v >= 0}
     lat = []
     for r in results:
@@ -85,7 +87,7 @@ def _latencies_ms(results: list[dict[str, Any]], frames: list[tuple[str, str, in
     return lat
 
 
-def _merge_errors(results: list[dict[str, Any]]) -> dict[str, int]:
+def merge_errors(results: list[dict[str, Any]]) -> dict[str, int]:
     errors: dict[str, int] = {}
     for r in results:
         for k, v in r["errors"].items():
@@ -107,16 +109,16 @@ def generate_streams(work: Path, streams: int, steps: int, seconds: float, chann
         }
         with load_window() as window, profiling(service.pid, "service-generate"):
             c0 = cpu_seconds(service.pid)
-            clients = _clients(work, "gen", 1, spec)
-            results = _wait_clients(clients, timeout=seconds * 6 + 120)
+            clients = start_clients(work, "gen", 1, spec)
+            results = wait_clients(clients, timeout=seconds * 6 + 120)
             cpu = cpu_seconds(service.pid) - c0
         peak = rss0.stop()
         frames = sim.frames()
     finally:
         service.stop()
         sim.stop()
-    lat = _latencies_ms(results, frames)
-    errors = _merge_errors(results)
+    lat = latencies_ms(results, frames)
+    errors = merge_errors(results)
     n_err = sum(r["streams"] - r["completed"] for r in results)
     progress_frames = sum(1 for f in frames if f[2] >= 0)
     case = f"{streams} Generate streams x {steps} progress / {seconds:g} s"
@@ -166,35 +168,56 @@ def generate_streams(work: Path, streams: int, steps: int, seconds: float, chann
     ]
 
 
-def _submit_runs(target: str, workflows: list[str]) -> list[str]:
-    with grpc.insecure_channel(target) as ch:
-        stub = pb_grpc.GenerationServiceStub(ch)
-        return [
-            stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=w, workflow_name="watch"))).run.run_id
-            for w in workflows
-        ]
+def submit_runs(targets: Sequence[str], workflows: list[str]) -> list[str]:
+    """Submits workflow k to ``targets[k % len(targets)]``; returns the run ids in order."""
+    with contextlib.ExitStack() as stack:
+        stubs = [pb_grpc.GenerationServiceStub(stack.enter_context(grpc.insecure_channel(t))) for t in targets]
+        specs = [pb.RunSpec(workflow_json=w, workflow_name="watch") for w in workflows]
+        return [stubs[k % len(stubs)].Submit(pb.SubmitRequest(spec=spec)).run.run_id for k, spec in enumerate(specs)]
 
 
-def _watch_case(
-    work: Path, name: str, target: str, server_pid: int, spec: dict[str, Any], procs: int, start: Any, timeout: float
+def phased_workflows(runs: int, steps: int, seconds: float) -> list[str]:
+    """The 2b runs: the same phases as the echo's emitters (run r starts r / runs of a step interval late)."""
+    return [sampler_workflow(steps, seconds, 0.001 + (r / runs) * (seconds / steps)) for r in range(runs)]
+
+
+def watch_case(
+    work: Path,
+    name: str,
+    server_pids: Sequence[int],
+    spec: dict[str, Any],
+    procs: int,
+    start: Callable[[], None],
+    timeout: float,
+    extra_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
-    clients = _clients(work, name, procs, spec)
+    """Opens ``spec``'s streams from ``procs`` client processes, then ``start()``s the events and measures,
+    while they are delivered, the servers' CPU (``cpus``, one per pid, and their sum ``cpu``) and peak RSS
+    (``peaks``; ``peak`` is the first server's), and the CPU of ``extra_pids`` (``extra_cpus``)."""
+    clients = start_clients(work, name, procs, spec)
     opened = [json.loads(wait_for_file(ready, timeout, proc)) for proc, ready, _ in clients]
-    rss_open = RssSampler(server_pid)
-    with load_window() as window, profiling(server_pid, name):
-        c0 = cpu_seconds(server_pid)
+    samplers = [RssSampler(pid) for pid in server_pids]
+    with contextlib.ExitStack() as stack:
+        window = stack.enter_context(load_window())
+        for k, pid in enumerate(server_pids):
+            stack.enter_context(profiling(pid, name if k == 0 else f"{name}-{k}"))
+        pids = [*server_pids, *extra_pids]
+        c0 = [cpu_seconds(pid) for pid in pids]
         t0 = time.time_ns()
         start()
-        results = _wait_clients(clients, timeout)
-        cpu = cpu_seconds(server_pid) - c0
-    peak = rss_open.stop()
+        results = wait_clients(clients, timeout)
+        cpus = [cpu_seconds(pid) - c for pid, c in zip(pids, c0, strict=True)]
+    peaks = [sampler.stop() for sampler in samplers]
     live_events = sum(1 for r in results for t in r["recv_ns"] if t >= t0)
     return {
         "results": results,
-        "cpu": cpu,
+        "cpu": sum(cpus[: len(server_pids)]),
+        "cpus": cpus[: len(server_pids)],
+        "extra_cpus": cpus[len(server_pids) :],
         "live_events": live_events,
         "window": window,
-        "peak": peak,
+        "peak": peaks[0],
+        "peaks": peaks,
         "opened_s": max(o["opened_s"] for o in opened),
         "t0": t0,
     }
@@ -219,11 +242,10 @@ def watchers(work: Path, watchers: int, runs: int, steps: int, seconds: float, p
     )
     try:
         port = json.loads(wait_for_file(ready, 30, echo))["port"]
-        e = _watch_case(
+        e = watch_case(
             work,
             "echo",
-            f"127.0.0.1:{port}",
-            echo.pid,
+            [echo.pid],
             dict(base, mode="echo", target=f"127.0.0.1:{port}"),
             procs,
             lambda: os.kill(echo.pid, signal.SIGUSR2),
@@ -235,14 +257,11 @@ def watchers(work: Path, watchers: int, runs: int, steps: int, seconds: float, p
     sim: Sim = start_sim(work, "watch-sim", parallel=runs + 10, stalled=True)
     service = start_service(work, "watch-service", sim.url, max_runs_in_flight=max(1000, runs + 10))
     try:
-        # the same phases as the echo's emitters: run r starts (r / runs) of a step interval late
-        phases = [0.001 + (r / runs) * (seconds / steps) for r in range(runs)]
-        run_ids = _submit_runs(service.target, [sampler_workflow(steps, seconds, p) for p in phases])
-        s = _watch_case(
+        run_ids = submit_runs([service.target], phased_workflows(runs, steps, seconds))
+        s = watch_case(
             work,
             "watch",
-            service.target,
-            service.pid,
+            [service.pid],
             dict(base, mode="watch", target=service.target, run_ids=run_ids),
             procs,
             sim.release,
@@ -253,14 +272,14 @@ def watchers(work: Path, watchers: int, runs: int, steps: int, seconds: float, p
         service.stop()
         sim.stop()
     e_lat = [x / 1e6 for r in e["results"] for x in r["echo_lat_ns"]]
-    s_lat = _latencies_ms(s["results"], frames)
+    s_lat = latencies_ms(s["results"], frames)
     case = f"{watchers} watchers on {runs} runs x {steps} progress / {seconds:g} s"
     case += f", {procs} client procs x {channels} conns"
     rows = []
     for d in (s, e):
         lost = sum(r["streams"] - r["terminal"] for r in d["results"])
         d["lost"] = lost
-        d["errors"] = _merge_errors(d["results"])
+        d["errors"] = merge_errors(d["results"])
         d["cpu_us"] = d["cpu"] / max(1, d["live_events"]) * 1e6
     load = max(s["window"].foreign_cores, e["window"].foreign_cores)
     ratio_ok = s["cpu_us"] <= 2 * e["cpu_us"]

@@ -29,9 +29,10 @@ def format_value(value: Any) -> Any:
 class ProgressRegistry:
     """Per-prompt node states; ``progress_state`` lists every node that left ``pending`` (in that order)."""
 
-    def __init__(self, prompt_id: str, messenger: Messenger) -> None:
+    def __init__(self, prompt_id: str, messenger: Messenger, client_id: str | None) -> None:
         self.prompt_id = prompt_id
         self.messenger = messenger
+        self.client_id = client_id
         self.nodes: dict[str, dict[str, Any]] = {}
 
     def _update(self, node_id: str, state: str, value: Any, maximum: Any) -> None:
@@ -50,7 +51,7 @@ class ProgressRegistry:
             }
             for nid, e in self.nodes.items()
         }
-        self.messenger.send("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes}, self.messenger.client_id)
+        self.messenger.send("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes}, self.client_id)
 
     def start(self, node_id: str) -> None:
         self._update(node_id, "running", 0.0, 1.0)
@@ -93,6 +94,10 @@ class Executor:
         self.temp_letters = temp_letters
         self.cache = OutputCache()
         self.interrupted = False
+        # The running prompt's client: ComfyUI keeps it in its server (``messenger.client_id``, set below
+        # too), which is the same thing while prompts run one at a time; with ``parallel_prompts`` each
+        # executor sends to its own prompt's client.
+        self.client_id: str | None = None
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -101,20 +106,20 @@ class Executor:
         """``add_message``: timestamped, kept for the history, sent to the prompt's client."""
         data = {**data, "timestamp": now_ms()}
         run.result.messages.append([event, data])
-        if self.messenger.client_id is not None or broadcast:
-            self.messenger.send(event, data, self.messenger.client_id)
+        if self.client_id is not None or broadcast:
+            self.messenger.send(event, data, self.client_id)
 
     def _send_client(self, event: str, data: dict[str, Any]) -> None:
-        if self.messenger.client_id is not None:
-            self.messenger.send(event, data, self.messenger.client_id)
+        if self.client_id is not None:
+            self.messenger.send(event, data, self.client_id)
 
     async def run(
         self, prompt: dict[str, Any], prompt_id: str, extra_data: dict[str, Any], outputs: list[str]
     ) -> RunResult:
         self.interrupted = False
         m = self.messenger
-        m.client_id = extra_data.get("client_id")
-        run = _Run(prompt, prompt_id, extra_data, ProgressRegistry(prompt_id, m))
+        m.client_id = self.client_id = extra_data.get("client_id")
+        run = _Run(prompt, prompt_id, extra_data, ProgressRegistry(prompt_id, m, self.client_id))
         self._message(run, "execution_start", {"prompt_id": prompt_id}, False)
         self.cache.set_prompt(prompt, self.folders)
         cached_nodes = [n for n in prompt if self.cache.get(n) is not None]
@@ -163,7 +168,7 @@ class Executor:
         input_data: dict[str, list[Any]] = {}
         try:
             run.progress.start(node_id)
-            if self.messenger.client_id is not None:
+            if self.client_id is not None:
                 self.messenger.last_node_id = node_id
             self._send_client("executing", {"node": node_id, "display_node": node_id, "prompt_id": run.prompt_id})
             kwargs = self._inputs(run, node_id)
@@ -217,7 +222,7 @@ class Executor:
             raise InterruptProcessingError()
         run.progress.update(node_id, value, total)
         data = {"value": value, "max": total, "prompt_id": run.prompt_id, "node": node_id}
-        self.messenger.send("progress", data, self.messenger.client_id)
+        self.messenger.send("progress", data, self.client_id)
 
     def _inputs(self, run: _Run, node_id: str) -> dict[str, Any]:
         values: dict[str, Any] = {}
