@@ -143,11 +143,11 @@ async def main(spec: dict[str, Any]) -> None:
     Path(spec["out_file"]).write_text(json.dumps(result))
 
 
-if __name__ == "__main__":
-    asyncio.run(main(json.loads(Path(sys.argv[1]).read_text())))
-
-
 async def _events(call: AsyncIterable[Any]) -> AsyncIterator[pb.RunEvent]:
     """The events of a Generate or WatchRun call (each reply carries one)."""
     async for reply in call:
         yield reply.event
+
+
+if __name__ == "__main__":
+    asyncio.run(main(json.loads(Path(sys.argv[1]).read_text())))
