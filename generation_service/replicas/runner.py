@@ -79,7 +79,7 @@ class OwnedRun:
         return self.handle.run_id
 
     def events(self, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
-        return self.runner._watched(self.handle.run_id, after_seq, self.handle)
+        return self.runner.watched(self.handle.run_id, after_seq, self.handle)
 
     def cancel(self, reason: str) -> None:
         if self.handle.writer is not None and self.handle.writer.deposed:
@@ -286,9 +286,10 @@ class ReplicaRunner(Runner):
             if record.status.is_terminal:
                 return (await self._replay(run_id)).events(after_seq)
             self._require_redis("watching a run another replica follows")
-        return self._watched(run_id, after_seq, handle)
+        return self.watched(run_id, after_seq, handle)
 
-    async def _watched(self, run_id: str, after_seq: int, handle: RunHandle | None) -> AsyncIterator[ev.RunEvent]:
+    async def watched(self, run_id: str, after_seq: int, handle: RunHandle | None) -> AsyncIterator[ev.RunEvent]:
+        """The run's events after ``after_seq``: from ``handle`` while this replica follows it, then from Redis."""
         last = after_seq
         if handle is not None:
             async for event in handle.events(after_seq):
