@@ -102,7 +102,8 @@ class Messenger:
     def wants_metadata(self, sid: str | None) -> bool:
         """Whether the socket of ``sid`` asked for type-4 previews (feature_flags, first message)."""
         flags = self.sockets_metadata.get(sid or "", {}).get("feature_flags", {})
-        return bool(isinstance(flags, dict) and flags.get("supports_preview_metadata"))
+        supported = self.server_features.get("supports_preview_metadata")
+        return bool(supported and isinstance(flags, dict) and flags.get("supports_preview_metadata"))
 
     def queue_updated(self) -> None:
         self.send("status", {"status": self.queue_info()})

@@ -92,6 +92,8 @@ class SimulatorSettings:
     # ComfyUI's --preview-method (default none: no sampler previews). latent2rgb and auto send a JPEG of
     # 1/8 the latent's pixel size at every sampler step; taesd one of the full size (at most 512 px).
     preview_method: str = "none"
+    # False plays a ComfyUI from before feature_flags: it ignores them and sends only type-1 previews.
+    preview_metadata: bool = True
     model_files: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_MODEL_FILES, hash=False)
     # Letters of PreviewImage's ``ComfyUI_temp_<letters>_`` prefix; None = 5 random letters per start.
     temp_letters: str | None = None
