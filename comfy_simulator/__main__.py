@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .app import running
-from .settings import OWNER_PERMISSIONS, SimulatorSettings
+from .settings import OWNER_PERMISSIONS, PREVIEW_METHODS, SimulatorSettings
 
 ENV = "COMFY_SIMULATOR_"
 log = logging.getLogger("comfy_simulator")
@@ -84,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "2: half the time per step [COMFY_SIMULATOR_SAMPLER_SPEED]",
     )
     parser.add_argument(
+        "--preview-method",
+        choices=PREVIEW_METHODS,
+        default=env.get(ENV + "PREVIEW_METHOD", "none"),
+        help="ComfyUI's --preview-method: with anything but none, samplers send a JPEG preview per step "
+        "as binary websocket frames [COMFY_SIMULATOR_PREVIEW_METHOD]",
+    )
+    parser.add_argument(
         "--log-level", default=env.get(ENV + "LOG_LEVEL", "INFO"), help="logging level [COMFY_SIMULATOR_LOG_LEVEL]"
     )
     return parser.parse_args(argv)
@@ -108,6 +115,7 @@ async def serve(args: argparse.Namespace) -> None:
         blur_seconds_per_megapixel=args.blur_seconds_per_megapixel,
         model_step_seconds=args.model_step_seconds,
         sampler_speed=args.sampler_speed,
+        preview_method=args.preview_method,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .graph import CacheEntry, ExecutionList, OutputCache, is_link
-from .messaging import Messenger
+from .messaging import Messenger, Preview
 from .nodes import NODE_CLASSES, InterruptProcessingError, NodeContext
 from .paths import Folders
 from .settings import SimulatorSettings
@@ -186,7 +186,7 @@ class Executor:
                 run.prompt,
                 run.extra_data,
                 self.temp_letters,
-                lambda nid, v, t: self._progress_hook(run, nid, v, t),
+                lambda nid, v, t, preview: self._progress_hook(run, nid, v, t, preview),
                 lambda: self.interrupted,
             )
             out = await node_def.execute(ctx, **kwargs)
@@ -216,13 +216,24 @@ class Executor:
         run.progress.finish(node_id)
         return True
 
-    async def _progress_hook(self, run: _Run, node_id: str, value: int, total: int) -> None:
-        """comfy's global progress-bar hook: interrupt check, then progress_state, then progress."""
+    async def _progress_hook(
+        self, run: _Run, node_id: str, value: int, total: int, preview: tuple[str, bytes] | None
+    ) -> None:
+        """comfy's global progress-bar hook: interrupt check, then progress_state, then progress. A preview
+        image goes to the prompt's client only: a type 4 frame before ``progress`` when its socket asked
+        for metadata, else a type 1 frame after it (the order a real ComfyUI's frames arrive in)."""
         if self.interrupted:
             raise InterruptProcessingError()
         run.progress.update(node_id, value, total)
+        m = self.messenger
         data = {"value": value, "max": total, "prompt_id": run.prompt_id, "node": node_id}
-        self.messenger.send("progress", data, self.client_id)
+        image = Preview(preview[0], preview[1], node_id, run.prompt_id) if preview is not None else None
+        with_metadata = m.wants_metadata(self.client_id)
+        if image is not None and with_metadata:
+            m.send_preview(image, self.client_id)
+        m.send("progress", data, self.client_id)
+        if image is not None and not with_metadata:
+            m.send_preview(image, self.client_id)
 
     def _inputs(self, run: _Run, node_id: str) -> dict[str, Any]:
         values: dict[str, Any] = {}

@@ -178,3 +178,16 @@ def encode_webm(path: str, images: FloatArray, fps: float, crf: float, codec: st
         for image in images:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(to_uint8(image), format="rgb24")))
         container.mux(stream.encode(None))
+
+
+def jpeg_bytes(rgb: npt.NDArray[np.uint8], quality: int = 95) -> bytes:
+    """Encode one RGB frame as baseline JPEG (PyAV's mjpeg encoder), as ComfyUI's previewer sends it."""
+    height, width = rgb.shape[:2]
+    # yuvj420p needs even sizes; pad by repeating the last row / column, as an encoder would.
+    padded = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    codec = av.CodecContext.create("mjpeg", "w")
+    codec.width, codec.height, codec.pix_fmt = padded.shape[1], padded.shape[0], "yuvj420p"
+    codec.time_base = Fraction(1, 25)
+    codec.options = {"qmin": "1", "qmax": str(max(1, (100 - quality) // 3 + 1))}
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24").reformat(format="yuvj420p")
+    return b"".join(bytes(p) for p in codec.encode(frame)) + b"".join(bytes(p) for p in codec.encode(None))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,9 +25,43 @@ class _SocketFaultState:
         self.sent = 0
 
 
+# ComfyUI's BinaryEventTypes: a preview image with only its format (1), or with a metadata JSON (4) for
+# clients that sent feature_flags with supports_preview_metadata first.
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
+_IMAGE_TYPES = {"JPEG": (1, "image/jpeg"), "PNG": (2, "image/png")}
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One preview image for the running prompt's client: the binary frame is built when it is sent,
+    from the socket's feature flags."""
+
+    image_format: str  # "JPEG" or "PNG", as comfy's progress hook passes it
+    image: bytes
+    node_id: str
+    prompt_id: str
+
+    def frame(self, with_metadata: bool) -> bytes:
+        image_type, mime = _IMAGE_TYPES[self.image_format]
+        if not with_metadata:
+            return struct.pack(">II", PREVIEW_IMAGE, image_type) + self.image
+        metadata = {
+            "node_id": self.node_id,
+            "prompt_id": self.prompt_id,
+            "display_node_id": self.node_id,
+            "parent_node_id": None,
+            "real_node_id": self.node_id,
+            "image_type": mime,
+        }
+        encoded = json.dumps(metadata).encode()
+        return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(encoded)) + encoded + self.image
+
+
 class Messenger:
     """Queues ``(event, data, sid)`` and sends them in order: to ``sockets[sid]`` only (dropped silently when
-    that sid has no socket), or to every socket when ``sid`` is None."""
+    that sid has no socket), or to every socket when ``sid`` is None. A ``Preview`` (event ``None``) goes
+    as a binary frame, only ever to one sid."""
 
     def __init__(
         self, faults: Faults, server_features: dict[str, Any], queue_info: Callable[[], dict[str, Any]]
@@ -37,7 +73,7 @@ class Messenger:
         self.sockets_metadata: dict[str, dict[str, Any]] = {}
         self.client_id: str | None = None  # the running prompt's client_id
         self.last_node_id: str | None = None
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any], str | None]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str | None, Any, str | None]] = asyncio.Queue()
         self._fault_state: dict[int, _SocketFaultState] = {}
         self._task: asyncio.Task[None] | None = None
         self.all_ws: set[web.WebSocketResponse] = set()
@@ -59,13 +95,35 @@ class Messenger:
     def send(self, event: str, data: dict[str, Any], sid: str | None = None) -> None:
         self._queue.put_nowait((event, data, sid))
 
+    def send_preview(self, preview: Preview, sid: str | None) -> None:
+        if sid is not None:
+            self._queue.put_nowait((None, preview, sid))
+
+    def wants_metadata(self, sid: str | None) -> bool:
+        """Whether the socket of ``sid`` asked for type-4 previews (feature_flags, first message)."""
+        flags = self.sockets_metadata.get(sid or "", {}).get("feature_flags", {})
+        supported = self.server_features.get("supports_preview_metadata")
+        return bool(supported and isinstance(flags, dict) and flags.get("supports_preview_metadata"))
+
     def queue_updated(self) -> None:
         self.send("status", {"status": self.queue_info()})
 
     async def _publish_loop(self) -> None:
         while True:
             event, data, sid = await self._queue.get()
-            await self.send_now(event, data, sid)
+            if event is None:
+                await self._send_binary(data, sid)
+            else:
+                await self.send_now(event, data, sid)
+
+    async def _send_binary(self, preview: Preview, sid: str | None) -> None:
+        ws = self.sockets.get(sid or "")
+        if ws is None:
+            return
+        try:
+            await ws.send_bytes(preview.frame(self.wants_metadata(sid)))
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("send to a closing socket failed: %s", exc)
 
     async def send_now(self, event: str, data: dict[str, Any], sid: str | None) -> None:
         message = {"type": event, "data": data}

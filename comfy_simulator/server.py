@@ -57,7 +57,10 @@ class ComfyApi:
         return node_classes(self.settings.without_nodes)
 
     def features(self) -> dict[str, Any]:
-        return {"supports_preview_metadata": True, "max_upload_size": self.settings.max_upload_size}
+        return {
+            "supports_preview_metadata": self.settings.preview_metadata,
+            "max_upload_size": self.settings.max_upload_size,
+        }
 
     def queue_info(self) -> dict[str, Any]:
         return {"exec_info": {"queue_remaining": self.queue.queue_remaining()}}

@@ -47,6 +47,9 @@ DEFAULT_MODEL_FILES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 OWNER_PERMISSIONS = ("view_backends_list", "comfy_direct_calls", "comfy_backend_generate", "*")
 
 
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")  # ComfyUI's LatentPreviewMethod values
+
+
 @dataclass(frozen=True)
 class SimulatorSettings:
     """Everything a simulator instance needs; immutable once the server runs.
@@ -86,6 +89,11 @@ class SimulatorSettings:
     # Every simulated sampler (KSampler, SimulatedSampler and the other SimulatedModelNodes) runs this many
     # times as fast as its inputs and model_step_seconds say: a faster or slower GPU.
     sampler_speed: float = 1.0
+    # ComfyUI's --preview-method (default none: no sampler previews). latent2rgb and auto send a JPEG of
+    # 1/8 the latent's pixel size at every sampler step; taesd one of the full size (at most 512 px).
+    preview_method: str = "none"
+    # False plays a ComfyUI from before feature_flags: it ignores them and sends only type-1 previews.
+    preview_metadata: bool = True
     model_files: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_MODEL_FILES, hash=False)
     # Letters of PreviewImage's ``ComfyUI_temp_<letters>_`` prefix; None = 5 random letters per start.
     temp_letters: str | None = None

@@ -29,6 +29,7 @@ import aiohttp
 from generation_service.backend import QUEUE_SNAPSHOT_S, SOCKET_LOST, QueueState, Subscription
 from generation_service.comfy_replies import FileRef, HistoryEntry, loads, parse_history_entry, rejection_error
 from generation_service.errors import BackendProtocolError, BackendUnavailable, GenerationError
+from generation_service.previews import FEATURE_FLAGS, parse_frame
 
 logger = logging.getLogger(__name__)
 
@@ -154,15 +155,26 @@ class ComfyBackend:
             delay = min(delay * 2, _RECONNECT_MAX_S)
 
     async def _read_frames(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        # Ask for type-4 previews, which name their prompt and node (ComfyUI reads only the first message).
+        await ws.send_json(FEATURE_FLAGS)
+        executing = ""  # the prompt whose frames came last: a type-1 preview is of it
         async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                image = parse_frame(msg.data)
+                sub = self._subscriptions.get((image.prompt_id or executing) if image else "")
+                if sub is not None and image is not None:
+                    sub.frames.put_nowait(image)
+                continue
             if msg.type != aiohttp.WSMsgType.TEXT:
-                continue  # binary frames are previews; runs take their outputs from history
+                continue
             try:
                 frame = json.loads(msg.data)
                 prompt_id = frame.get("data", {}).get("prompt_id")
             except (ValueError, AttributeError):
                 logger.debug("ignoring a malformed websocket frame: %.200s", msg.data)
                 continue
+            if isinstance(prompt_id, str):
+                executing = prompt_id
             sub = self._subscriptions.get(prompt_id) if isinstance(prompt_id, str) else None
             if sub is not None:
                 sub.frames.put_nowait(frame)

@@ -75,6 +75,19 @@ def _failed(body: ev.Failed) -> pb.Failed:
     )
 
 
+_BASES = {basis: pb.EstimateBasis.Value(f"ESTIMATE_BASIS_{basis.name}") for basis in ev.EstimateBasis}
+
+
+def estimate_to_proto(estimate: ev.Estimate | None) -> pb.Estimate | None:
+    if estimate is None:
+        return None
+    return pb.Estimate(
+        completion=_timestamp(estimate.completion),
+        remaining=_duration(estimate.remaining_s),
+        basis=_BASES[estimate.basis],
+    )
+
+
 # Domain event class → (RunEvent oneof field, converter).
 _CONVERTERS: dict[type, tuple[str, Callable[[Any], Message]]] = {
     ev.Accepted: (
@@ -87,13 +100,43 @@ _CONVERTERS: dict[type, tuple[str, Callable[[Any], Message]]] = {
             seeds=dict(b.seeds),
         ),
     ),
-    ev.Queued: ("queued", lambda b: pb.Queued(position=b.position, backend=b.backend)),
-    ev.Started: ("started", lambda b: pb.Started(queue_wait=_duration(b.queue_wait_s))),
+    ev.Queued: (
+        "queued",
+        lambda b: pb.Queued(position=b.position, backend=b.backend, estimate=estimate_to_proto(b.estimate)),
+    ),
+    ev.Started: (
+        "started",
+        lambda b: pb.Started(queue_wait=_duration(b.queue_wait_s), estimate=estimate_to_proto(b.estimate)),
+    ),
     ev.NodeStarted: (
         "node_started",
-        lambda b: pb.NodeStarted(node_id=b.node_id, class_type=b.class_type, title=b.title),
+        lambda b: pb.NodeStarted(
+            node_id=b.node_id,
+            class_type=b.class_type,
+            title=b.title,
+            overall=b.overall,
+            estimate=estimate_to_proto(b.estimate),
+        ),
     ),
-    ev.NodeProgress: ("node_progress", lambda b: pb.NodeProgress(node_id=b.node_id, value=b.value, max=b.max)),
+    ev.NodeProgress: (
+        "node_progress",
+        lambda b: pb.NodeProgress(
+            node_id=b.node_id, value=b.value, max=b.max, overall=b.overall, estimate=estimate_to_proto(b.estimate)
+        ),
+    ),
+    ev.Preview: (
+        "preview",
+        lambda b: pb.Preview(
+            node_id=b.node_id,
+            step=b.step,
+            max=b.max,
+            mime=b.mime,
+            width=b.width,
+            height=b.height,
+            image=b.image,
+            number=b.number,
+        ),
+    ),
     ev.NodesCached: ("nodes_cached", lambda b: pb.NodesCached(node_ids=b.node_ids)),
     ev.OutputReady: ("output_ready", lambda b: pb.OutputReady(output=output_to_proto(b.output))),
     ev.Completed: (
@@ -137,6 +180,7 @@ def run_to_proto(run: RunSummary) -> pb.Run:
         request_id=run.request_id,
         template=run.template,
         params={name: _recorded_param(value) for name, value in run.params.items()},
+        estimate=estimate_to_proto(run.estimate),
     )
     if run.finished:
         msg.finished.CopyFrom(_timestamp(run.finished))
@@ -222,6 +266,8 @@ def spec_from_proto(request: pb.RunSpec) -> RunSpec:
         params={name: param_from_proto(value) for name, value in request.params.items()},
         retry_on_backend_loss=request.retry_on_backend_loss,
         backend_labels=tuple(request.backend_labels),
+        live_previews=request.live_previews,
+        keep_preview=request.keep_preview,
         **timeouts,
     )
 

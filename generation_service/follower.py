@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +31,13 @@ from comfy_generation.runstore import (
 from comfy_generation.runstore import events as ev
 from generation_service import outputs, workflow
 from generation_service.backend import SOCKET_LOST, Backend, DetachedBackend, QueueState, Subscription, cancel_prompt
-from generation_service.comfy_replies import HistoryEntry
+from generation_service.comfy_replies import FileRef, HistoryEntry
 from generation_service.errors import BackendUnavailable, GenerationError
+from generation_service.estimates import DurationBook, RunClock, estimate, profile_key
 from generation_service.metrics import Metrics
 from generation_service.pool import BackendPool, Member
+from generation_service.preview_file import LatestPreview
+from generation_service.previews import ImageFrame, image_size
 from generation_service.run_handle import BackendLost, CancelRequest, Deposed, RunHandle, StorageFailure
 from generation_service.run_summary import stored_outputs
 from generation_service.run_writer import RunWriter
@@ -46,6 +51,10 @@ _SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]([^\s'\"/\
 
 Outcome = ev.Completed | ev.Failed | ev.Cancelled
 SOCKET_WAIT_S = 5.0  # how long a submission waits for the backend websocket before relying on polling
+# A preview travels in one gRPC message, and a default client refuses more than 4 MiB: bigger ones (no
+# sampler previews are) are dropped. SaveImageWebsocket images have no such limit: they are stored.
+MAX_PREVIEW_BYTES = 2 * 1024 * 1024
+WEBSOCKET_IMAGE_NODE = "SaveImageWebsocket"
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class FollowPolicy:
     url_ttl_s: float = 86400.0
     file_urls: bool = False  # with a secret: URLs naming the stored file, served by nginx itself
     downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DOWNLOADS_AT_ONCE))
+    durations: DurationBook = field(default_factory=lambda: DurationBook(None))  # what estimates rest on
 
     def media_url(self, kind: MediaKind, run_id: str, index: int, filename: str) -> str:
         """An output's URL; signed, and valid for ``url_ttl_s``, when a secret is set (a file URL with
@@ -116,6 +126,16 @@ class Follower:
         self.next_look = time.time() if sub.blind else time.time() + policy.keepalive_s
         self.template = writer.record.template
         self.log = {"run_id": handle.run_id, "prompt_id": sub.prompt_id, "template": self.template}
+        self.profile_key = profile_key(self.template, graph)
+        self.clock = RunClock(tuple(self.nodes), policy.durations.get(writer.record.backend, self.profile_key))
+        self.node_values: dict[str, tuple[int, int]] = {}  # node -> its last (value, max)
+        self.previews_shown = 0
+        self.latest_preview = LatestPreview(writer.store.run_dir(handle.run_id)) if self.options.live_previews else None
+        self.websocket_images = 0
+        self.held: ImageFrame | None = None  # a type-4 image waiting for its progress frame
+        self.output_failure: ev.Failed | None = None  # a SaveImageWebsocket image that could not be stored
+        self.ended_at: float | None = None
+        self._expect(self.clock.total_s())
 
     async def run(self) -> None:
         try:
@@ -156,7 +176,29 @@ class Follower:
                 return outcome
 
     async def _on_item(self, item: object) -> Outcome | None:
-        """One item of the run's inbox: a control request, a socket loss, or a websocket frame."""
+        """One item of the run's inbox. A type-4 image comes just before the ``progress`` frame of its
+        step: it is held until that frame is handled, so a preview follows the progress it shows."""
+        if isinstance(item, ImageFrame):
+            await self._show_held()
+            if item.node_id:
+                self.held = item
+            else:
+                await self._on_image(item)
+            return None
+        is_progress = isinstance(item, dict) and item.get("type") == "progress"
+        if not is_progress:
+            await self._show_held()
+        outcome = await self._on_control_or_frame(item)
+        await self._show_held()
+        return outcome
+
+    async def _show_held(self) -> None:
+        if self.held is not None:
+            held, self.held = self.held, None
+            await self._on_image(held)
+
+    async def _on_control_or_frame(self, item: object) -> Outcome | None:
+        """A control request, a socket loss, or a text websocket frame."""
         if isinstance(item, Deposed):
             raise _Deposed
         if isinstance(item, CancelRequest):
@@ -251,16 +293,39 @@ class Follower:
     async def _report_position(self, state: QueueState | None) -> None:
         if state is None or state.running or self.started_at is not None:
             return
-        self.handle.publish(ev.Queued(state.ahead))
-        await self.writer.update(status=RunStatus.QUEUED, current_state=CurrentState("queued", position=state.ahead))
+        guess = self._queued_estimate(state.ahead)
+        self.handle.publish(ev.Queued(state.ahead, estimate=guess))
+        await self.writer.update(
+            status=RunStatus.QUEUED, current_state=CurrentState("queued", position=state.ahead, estimate=guess)
+        )
+
+    def _expect(self, remaining_s: float | None) -> None:
+        """Tell the backend's member how long this run still executes (None: no basis), for the runs
+        queued behind it."""
+        if self.member is not None:
+            self.member.remaining[self.sub.prompt_id] = remaining_s
+
+    def _queued_estimate(self, ahead: int) -> ev.Estimate | None:
+        """This run's measured duration plus the time left of the ``ahead`` prompts before it, when they
+        are all runs of this process with a basis (the prompts queued on the member before this one)."""
+        total = self.clock.total_s()
+        if total is None or self.member is None:
+            return None
+        order = list(self.member.remaining.items())
+        mine = next((i for i, (prompt, _) in enumerate(order) if prompt == self.sub.prompt_id), len(order))
+        before = [left for _, left in order[:mine]][mine - ahead :] if ahead else []
+        if len(before) < ahead or any(left is None for left in before):
+            return None
+        return estimate(total + sum(left for left in before if left is not None), ev.EstimateBasis.HISTORY)
 
     async def _mark_started(self) -> None:
         self.started_at = time.time()
         if self.member is not None:
             self.member.started(self.sub.prompt_id)
         self.metrics.queue_wait.observe(self.started_at - self.accepted_at)
-        self.handle.publish(ev.Started(self.started_at - self.accepted_at))
-        await self.writer.update(status=RunStatus.RUNNING, current_state=CurrentState("running"))
+        guess = self.clock.on_start(self.started_at)
+        self.handle.publish(ev.Started(self.started_at - self.accepted_at, guess))
+        await self.writer.update(status=RunStatus.RUNNING, current_state=CurrentState("running", estimate=guess))
 
     async def _on_frame(self, frame: dict[str, Any]) -> bool:
         """Translate one websocket frame; True when the prompt is done (``executing`` with node null)."""
@@ -268,25 +333,69 @@ class Follower:
         if kind == "execution_start" and self.started_at is None:
             await self._mark_started()
         elif kind == "execution_cached" and data.get("nodes"):
-            self.handle.publish(ev.NodesCached(tuple(str(n) for n in data["nodes"])))
+            cached = tuple(str(n) for n in data["nodes"])
+            self.clock.on_cached(cached)
+            self.handle.publish(ev.NodesCached(cached))
         elif kind == "executing":
             node = data.get("node")
             if node is None:
+                self.ended_at = time.time()
                 return True
             info = self.nodes.get(str(node), workflow.NodeInfo("", ""))
-            self.handle.publish(ev.NodeStarted(str(node), info.class_type, info.title))
+            overall, guess = self.clock.on_node(str(node), time.time())
+            self._expect(guess.remaining_s if guess else None)
+            self.handle.publish(ev.NodeStarted(str(node), info.class_type, info.title, overall, guess))
             await self.writer.update(
-                current_state=CurrentState("running", node_id=str(node), class_type=info.class_type)
+                current_state=CurrentState(
+                    "running", node_id=str(node), class_type=info.class_type, overall=overall, estimate=guess
+                )
             )
         elif kind == "progress":
-            self.handle.publish(
-                ev.NodeProgress(str(data.get("node", "")), int(data.get("value", 0)), int(data.get("max", 0)))
-            )
+            node, value, maximum = str(data.get("node", "")), int(data.get("value", 0)), int(data.get("max", 0))
+            self.node_values[node] = (value, maximum)
+            overall, guess = self.clock.on_progress(node, value, maximum, time.time())
+            self._expect(guess.remaining_s if guess else None)
+            self.handle.publish(ev.NodeProgress(node, value, maximum, overall, guess))
+            state = self.writer.record.current_state
+            await self.writer.update(current_state=dataclasses.replace(state, overall=overall, estimate=guess))
         elif kind == "execution_error":
             self.error = data
         elif kind == "execution_interrupted":
             self.interrupted = data
         return False
+
+    async def _on_image(self, frame: ImageFrame) -> None:
+        """A binary image frame: a SaveImageWebsocket node's image is an output; any other is a preview,
+        shown (never journaled) when the run asked for previews."""
+        node = frame.node_id or self.clock.current
+        if self.nodes.get(node, workflow.NodeInfo("", "")).class_type == WEBSOCKET_IMAGE_NODE:
+            await self._store_websocket_image(node, frame)
+            return
+        if self.latest_preview is None or len(frame.image) > MAX_PREVIEW_BYTES:
+            return
+        self.previews_shown += 1
+        value, maximum = self.node_values.get(node, (0, 0))
+        width, height = image_size(frame.image, frame.mime)
+        body = ev.Preview(node, value, maximum, frame.mime, width, height, frame.image, self.previews_shown)
+        if self.handle.show_preview(body) is not None:
+            self.latest_preview.offer(frame.image, frame.mime)
+
+    async def _store_websocket_image(self, node: str, frame: ImageFrame) -> None:
+        """Stage the image as an output of ``node``, like a downloaded one (published with the others)."""
+        if self.output_failure is not None or not self.writer.may_write():
+            return
+        self.websocket_images += 1
+        ext = ".png" if frame.mime == "image/png" else ".jpg"
+        name = f"{WEBSOCKET_IMAGE_NODE}_{node}_{self.websocket_images:05}{ext}"
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield frame.image
+
+        try:
+            await self._stage(outputs.Download(node, FileRef(name, "", "websocket")), chunks())
+        except OSError as exc:
+            message = self.writer.storage.failed(exc, f"storing the websocket image {name!r}")
+            self.output_failure = ev.Failed(ev.FailureCode.STORAGE_ERROR, message, node_id=node)
 
     # -- failover ---------------------------------------------------------------------------------
 
@@ -322,6 +431,7 @@ class Follower:
         self.backend.unsubscribe(self.sub)
         prompt_id = str(uuid.uuid4())
         self.member, self.backend = target, target.client
+        self.clock = RunClock(tuple(self.nodes), self.policy.durations.get(target.name, self.profile_key))
         self.sub = target.client.subscribe(prompt_id, frames=self.handle.inbox)
         self.pool.dispatched(target, prompt_id, self._on_lost)
         try:
@@ -427,7 +537,7 @@ class Follower:
         if entry is None:
             return ev.Failed(ev.FailureCode.PROMPT_LOST, "the backend finished the prompt but has no history for it")
         if entry.succeeded:
-            return await self._store_outputs(entry)
+            return self.output_failure or await self._store_outputs(entry)
         error = self.error or entry.message("execution_error")
         if error:
             return ev.Failed(
@@ -480,12 +590,12 @@ class Follower:
         queue_wait_s = (self.started_at or self.accepted_at) - self.accepted_at
         return ev.Completed(every, queue_wait_s, execution_s)
 
-    async def _stage(self, download: outputs.Download) -> None:
+    async def _stage(self, download: outputs.Download, chunks: AsyncIterator[bytes] | None = None) -> None:
         sequence = self.writer.record.next_sequence
         ref = download.ref
         run_id = self.handle.run_id
         file = await outputs.store(
-            self.backend.download(ref),
+            chunks if chunks is not None else self.backend.download(ref),
             self.writer.store.run_dir(run_id),
             sequence,
             ref.filename,
@@ -522,6 +632,10 @@ class Follower:
                 status = RunStatus.CANCELLED
                 changes["cancel_reason"] = outcome.reason
         await self.writer.update(status=status, current_state=CurrentState(status.value), durable=True, **changes)
+        if self.latest_preview is not None:
+            await self.latest_preview.finish(keep=self.options.keep_preview)
+        if isinstance(outcome, ev.Completed) and (measured := self.clock.measured(self.ended_at or time.time())):
+            await self.policy.durations.measured(self.writer.record.backend, self.profile_key, measured)
         self.handle.publish(outcome)
         self.metrics.runs.labels(outcome=status.value, template=self.template).inc()
         if isinstance(outcome, ev.Completed):

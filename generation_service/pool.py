@@ -128,6 +128,8 @@ class Member:
     share: LoadShare | None = None
     runs: dict[str, LostCallback] = field(default_factory=dict)  # prompt id -> how to tell its run
     deletes: set[str] = field(default_factory=set)  # prompts taken off it: cancelled there once it answers
+    # Our runs' prompts there, in dispatch order -> the seconds each still executes (None: no basis).
+    remaining: dict[str, float | None] = field(default_factory=dict)
     down_since: float | None = None
     lost: bool = False
 
@@ -163,6 +165,7 @@ class Member:
         self.started(prompt_id)
         self.seen.discard(prompt_id)
         self.runs.pop(prompt_id, None)
+        self.remaining.pop(prompt_id, None)
 
 
 class BackendPool:

@@ -50,12 +50,19 @@ class RunView(Protocol):
 
 
 class EventLog:
-    """A run's events in memory, numbered from 1, readable by any number of watchers from any point."""
+    """A run's events in memory, numbered from 1, readable by any number of watchers from any point.
+
+    Beside them, one slot holds the run's latest preview: a watcher gets it at its place in the stream
+    (after the event whose seq it carries) if no newer preview replaced it by the time the watcher gets
+    there. So a watcher that falls behind gets the newest preview, never a backlog of them, and every
+    other event.
+    """
 
     def __init__(self, past: Sequence[ev.RunEvent] = ()) -> None:
         self._events: list[ev.RunEvent] = list(past)
         self._wakeup = asyncio.Event()
         self.closed = False  # no more events will come here (the run ended, or is followed elsewhere)
+        self.preview: ev.RunEvent | None = None  # its body is an ev.Preview
 
     @property
     def finished(self) -> bool:
@@ -73,6 +80,11 @@ class EventLog:
         self._events.append(event)
         self._wake()
 
+    def show_preview(self, event: ev.RunEvent) -> None:
+        """Replace the latest preview (``event.seq`` is the seq of the latest event before it)."""
+        self.preview = event
+        self._wake()
+
     def close(self) -> None:
         self.closed = True
         self._wake()
@@ -84,8 +96,16 @@ class EventLog:
     async def events(self, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:
         """Every event after ``after_seq``, then live ones, until the terminal event (or ``close``)."""
         index = max(0, after_seq)
+        shown = 0  # the number of the last preview this watcher got
         while True:
-            while index < len(self._events):
+            while True:
+                preview = self.preview
+                if preview is not None and preview.seq == index and _number(preview) > shown:
+                    shown = _number(preview)
+                    yield preview
+                    continue  # a newer one may have come meanwhile, still at this place
+                if index >= len(self._events):
+                    break
                 event = self._events[index]
                 index += 1
                 yield event
@@ -94,6 +114,10 @@ class EventLog:
             if self.finished or self.closed:
                 return
             await self._wakeup.wait()
+
+
+def _number(preview: ev.RunEvent) -> int:
+    return preview.body.number if isinstance(preview.body, ev.Preview) else 0
 
 
 class RunHandle:
@@ -111,6 +135,7 @@ class RunHandle:
             self.log.close()
         self.task: asyncio.Task[None] | None = None
         self.on_publish: Callable[[ev.RunEvent], None] = lambda event: None
+        self.on_preview: Callable[[ev.RunEvent], None] = lambda event: None
 
     @classmethod
     def replay(cls, run_id: str, past: Sequence[ev.RunEvent]) -> RunHandle:
@@ -142,6 +167,15 @@ class RunHandle:
             return None
         self.log.append(event)
         self.on_publish(event)
+        return event
+
+    def show_preview(self, body: ev.Preview) -> ev.RunEvent | None:
+        """Show a preview to the watchers, without journaling it: it carries the latest event's seq."""
+        if self.finished or self.writer is None or self.writer.deposed:
+            return None
+        event = ev.RunEvent(self.run_id, self.last_seq, datetime.now(UTC), body)
+        self.log.show_preview(event)
+        self.on_preview(event)
         return event
 
     def events(self, after_seq: int = 0) -> AsyncIterator[ev.RunEvent]:

@@ -30,6 +30,7 @@ class RunSummary:
     request_id: str
     template: str
     params: dict[str, JsonValue]
+    estimate: ev.Estimate | None = None
 
 
 def stored_outputs(record: RunRecord, url_for: UrlFor) -> tuple[ev.StoredOutput, ...]:
@@ -74,4 +75,5 @@ def summarize(record: RunRecord, url_for: UrlFor, last_seq: int) -> RunSummary:
         request_id=record.request_id,
         template=record.template,
         params=record.params,
+        estimate=record.current_state.estimate if not record.status.is_terminal else None,
     )

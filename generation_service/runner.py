@@ -76,6 +76,8 @@ class RunSpec:
     params: dict[str, ParamValue] = field(default_factory=dict)
     retry_on_backend_loss: bool = False
     backend_labels: tuple[str, ...] = ()
+    live_previews: bool = False
+    keep_preview: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -161,6 +163,8 @@ class Runner:
             execution_timeout_s=spec.execution_timeout_s or self.defaults.execution_timeout_s,
             retry_on_backend_loss=spec.retry_on_backend_loss,
             backend_labels=spec.backend_labels,
+            live_previews=spec.live_previews,
+            keep_preview=spec.keep_preview,
         )
         self._submitting += 1
         try:

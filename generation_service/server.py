@@ -22,6 +22,7 @@ from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service.auth import BearerTokenInterceptor
 from generation_service.errors import GenerationError
+from generation_service.estimates import DurationBook
 from generation_service.follower import FollowPolicy
 from generation_service.health import ServiceHealth, watching_health
 from generation_service.metrics import Metrics, serving_metrics
@@ -119,6 +120,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         signing_secret=settings.media_signing_secret,
         url_ttl_s=settings.media_url_ttl_seconds,
         file_urls=settings.media_urls == "files",
+        durations=DurationBook(Path(settings.runs_dir)),
     )
     defaults = RunOptions(
         queue_timeout_s=settings.queue_timeout_seconds, execution_timeout_s=settings.execution_timeout_seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import uuid
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,40 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+BINARY = "<binary>"  # the type Client gives a binary frame: {"type": BINARY, "data": {"bytes": ...}}
+
+
+def recorded_sequence(name: str) -> list[tuple[Any, ...]]:
+    """Tokens of the recorded frames a client received, binary ones included (after the initial status)."""
+    frames = transcript(name)["websockets"][0]["frames"]
+    received = [f for f in frames if "dir" not in f]
+    return [binary_token_recorded(f) if f["kind"] == "binary" else token(f["json"]) for f in received[1:]]
+
+
+def binary_token_recorded(f: dict[str, Any]) -> tuple[Any, ...]:
+    if f["event_type_be_u32"] == 1:
+        return BINARY, 1, f["image_type_be_u32"], f["payload_magic"]
+    meta = f["metadata_json"]
+    return BINARY, 4, tuple(sorted(meta)), meta["image_type"], f["payload_magic"]
+
+
+def binary_parts(payload: bytes) -> tuple[int, dict[str, Any] | int, bytes]:
+    """(event type, metadata JSON for type 4 / image type for type 1, image bytes) of a binary frame."""
+    event, second = struct.unpack(">II", payload[:8])
+    if event == 4:
+        return event, json.loads(payload[8 : 8 + second]), payload[8 + second :]
+    return event, second, payload[8:]
+
+
 def token(frame: dict[str, Any]) -> tuple[Any, ...]:
     """What must match between a recorded and a simulated frame: type, data keys, value types and the
     protocol-relevant values; ids, timestamps and file names are left out."""
     kind, data = frame["type"], frame["data"]
+    if kind == BINARY:
+        event, meta, image = binary_parts(data["bytes"])
+        if isinstance(meta, dict):
+            return BINARY, 4, tuple(sorted(meta)), meta["image_type"], image[:4].hex()
+        return BINARY, 1, meta, image[:4].hex()
     shape = tuple(sorted((k, _type_name(v)) for k, v in data.items()))
     if kind == "status":
         return kind, data["status"]["exec_info"]["queue_remaining"], "sid" in data
@@ -103,9 +134,12 @@ class Client:
     async def next_frame(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         assert self.ws is not None
         msg = await self.ws.receive(timeout=timeout)
-        if msg.type != aiohttp.WSMsgType.TEXT:
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            frame: dict[str, Any] = {"type": BINARY, "data": {"bytes": msg.data}}
+        elif msg.type != aiohttp.WSMsgType.TEXT:
             raise ConnectionError(f"websocket ended: {msg.type}")
-        frame: dict[str, Any] = json.loads(msg.data)
+        else:
+            frame = json.loads(msg.data)
         self.frames.append(frame)
         return frame
 

@@ -198,3 +198,12 @@ async def test_ctrl_c_says_the_run_was_cancelled(stack: Stack, tmp_path: Path) -
     (run_id,) = re.findall(r"run (\S+) cancelled", err.decode())
     run = await stack.stub.GetRun(pb.GetRunRequest(run_id=run_id))
     assert run.run.status == pb.RUN_STATUS_CANCELLED
+
+
+def test_progress_line_shows_overall_percentage_and_eta() -> None:
+    from genctl.output import running_text
+
+    progress = pb.NodeProgress(node_id="2", value=10, max=50, overall=0.42)
+    assert running_text(progress.overall, progress) == "running 42%"  # no estimate: no ETA
+    progress.estimate.remaining.FromSeconds(12)
+    assert running_text(progress.overall, progress) == "running 42% · ETA 12s"

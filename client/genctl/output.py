@@ -18,6 +18,14 @@ def print_json(data: Any, out: TextIO) -> None:
     print(json.dumps(data), file=out, flush=True)
 
 
+def running_text(overall: float, progress: pb.NodeProgress) -> str:
+    """``running 42% · ETA 12s``: the service's overall fraction, and its estimate when it has one."""
+    text = f"running {overall:.0%}"
+    if progress.HasField("estimate"):
+        text += f" · ETA {progress.estimate.remaining.ToTimedelta().total_seconds():.0f}s"
+    return text
+
+
 class ProgressView:
     """Human output of a run: an overall bar across the workflow's nodes and one for the node running
     (percentage, elapsed time), redrawn in place on a terminal, plain lines otherwise; the output URLs
@@ -61,6 +69,7 @@ class ProgressView:
         elif kind == "node_progress" and self.node is not None:
             p = event.node_progress
             self.progress.update(self.node, completed=p.value, total=p.max or None)
+            self.progress.update(self.overall, description=running_text(p.overall, p))
         elif kind == "output_ready":
             o = event.output_ready.output
             self.console.print(f"output {o.filename} ({o.mime}, {o.size_bytes} bytes)")

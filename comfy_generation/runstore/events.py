@@ -100,6 +100,32 @@ class StoredOutput:
         )
 
 
+class EstimateBasis(StrEnum):
+    """What an estimate rests on (the proto's EstimateBasis)."""
+
+    HISTORY = "history"
+    STEP_RATE_AND_HISTORY = "step_rate_and_history"
+    STEP_RATE = "step_rate"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """When the run is expected to complete; events carry none where there is no basis for one."""
+
+    completion: str  # ISO-8601 UTC
+    remaining_s: float
+    basis: EstimateBasis
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> Estimate:
+        return cls(f.text("completion"), _number(f, "remaining_s"), f.choice("basis", EstimateBasis))
+
+
+def _estimate(f: Fields) -> Estimate | None:
+    child = f.child("estimate", None)
+    return Estimate.from_fields(child) if child is not None else None
+
+
 @dataclass(frozen=True)
 class Accepted:
     prompt_id: str
@@ -113,11 +139,13 @@ class Accepted:
 class Queued:
     position: int
     backend: str = ""  # set when the run moved to this backend (its first backend is in Accepted)
+    estimate: Estimate | None = None
 
 
 @dataclass(frozen=True)
 class Started:
     queue_wait_s: float
+    estimate: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +153,8 @@ class NodeStarted:
     node_id: str
     class_type: str
     title: str
+    overall: float = 0.0  # fraction of the run done: nodes finished over nodes to execute
+    estimate: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +162,22 @@ class NodeProgress:
     node_id: str
     value: int
     max: int
+    overall: float = 0.0  # (nodes finished + value / max) over nodes to execute
+    estimate: Estimate | None = None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A live preview image: never journaled; its event's seq is that of the latest event before it."""
+
+    node_id: str
+    step: int
+    max: int
+    mime: str
+    width: int
+    height: int
+    image: bytes = field(repr=False)
+    number: int  # 1, 2, 3 ... among the run's previews
 
 
 @dataclass(frozen=True)
@@ -191,6 +237,7 @@ EventBody = (
     | Completed
     | Failed
     | Cancelled
+    | Preview
 )
 TERMINAL = (Completed, Failed, Cancelled)
 
@@ -210,10 +257,14 @@ _READERS: dict[str, Any] = {
         f.text("template", ""),
         tuple(_seed_pair(f, i, pair) for i, pair in enumerate(f.values("seeds"))),
     ),
-    "queued": lambda f: Queued(f.integer("position"), f.text("backend", "")),
-    "started": lambda f: Started(_number(f, "queue_wait_s")),
-    "node_started": lambda f: NodeStarted(f.text("node_id"), f.text("class_type"), f.text("title")),
-    "node_progress": lambda f: NodeProgress(f.text("node_id"), f.integer("value"), f.integer("max")),
+    "queued": lambda f: Queued(f.integer("position"), f.text("backend", ""), _estimate(f)),
+    "started": lambda f: Started(_number(f, "queue_wait_s"), _estimate(f)),
+    "node_started": lambda f: NodeStarted(
+        f.text("node_id"), f.text("class_type"), f.text("title"), f.number("overall", 0.0) or 0.0, _estimate(f)
+    ),
+    "node_progress": lambda f: NodeProgress(
+        f.text("node_id"), f.integer("value"), f.integer("max"), f.number("overall", 0.0) or 0.0, _estimate(f)
+    ),
     "nodes_cached": lambda f: NodesCached(f.strings("node_ids")),
     "output_ready": lambda f: OutputReady(StoredOutput.from_fields(_child(f, "output"))),
     "completed": lambda f: Completed(
@@ -233,6 +284,7 @@ _TYPE_NAMES: dict[type, str] = {
     Completed: "completed",
     Failed: "failed",
     Cancelled: "cancelled",
+    Preview: "preview",  # never journaled: not in _READERS
 }
 
 
@@ -273,7 +325,9 @@ class RunEvent:
         return isinstance(self.body, TERMINAL)
 
     def to_json(self) -> str:
-        """The event's journal line (without the newline)."""
+        """The event's journal line (without the newline); a preview has none."""
+        if isinstance(self.body, Preview):
+            raise TypeError("previews are not journaled")
         line = {"seq": self.seq, "time": self.time.isoformat(), "type": kind_name(self.body)}
         return json.dumps({**line, "data": dataclasses.asdict(self.body)}, separators=(",", ":"))
 

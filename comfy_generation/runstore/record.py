@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from comfy_generation.runstore.events import Failed
+from comfy_generation.runstore.events import Estimate, Failed
 from comfy_generation.runstore.formats import MediaKind
 from comfy_generation.runstore.schema import Fields, JsonValue, excerpt, loads
 
@@ -56,12 +56,16 @@ class RunOptions:
     # Resubmit once to another backend when the backend dies mid-execution (repeats the GPU work).
     retry_on_backend_loss: bool = False
     backend_labels: tuple[str, ...] = ()  # a backend must carry every one of these
+    live_previews: bool = False  # stream the samplers' previews (never journaled)
+    keep_preview: bool = False  # keep the latest preview file once the run ended
 
     @classmethod
     def from_fields(cls, f: Fields) -> RunOptions:
         defaults = cls()
         return cls(
             retry_on_backend_loss=f.flag("retry_on_backend_loss", False),
+            live_previews=f.flag("live_previews", False),
+            keep_preview=f.flag("keep_preview", False),
             backend_labels=f.strings("backend_labels"),
             include_previews=f.flag("include_previews", defaults.include_previews),
             queue_timeout_s=f.number("queue_timeout_s", defaults.queue_timeout_s) or defaults.queue_timeout_s,
@@ -78,6 +82,8 @@ class CurrentState:
     position: int | None = None  # while queued: prompts ahead of it
     node_id: str = ""  # while running: the node executing
     class_type: str = ""
+    overall: float | None = None  # while running: the fraction done
+    estimate: Estimate | None = None  # the latest estimate (none without a basis)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"step": self.step}
@@ -85,12 +91,24 @@ class CurrentState:
             data["position"] = self.position
         if self.node_id:
             data.update(node_id=self.node_id, class_type=self.class_type)
+        if self.overall is not None:
+            data["overall"] = round(self.overall, 4)
+        if self.estimate is not None:
+            data["estimate"] = dataclasses.asdict(self.estimate)
         return data
 
     @classmethod
     def from_fields(cls, f: Fields) -> CurrentState:
         position = f.integer("position", -1)
-        return cls(f.text("step"), None if position < 0 else position, f.text("node_id", ""), f.text("class_type", ""))
+        estimate = f.child("estimate", None)
+        return cls(
+            f.text("step"),
+            None if position < 0 else position,
+            f.text("node_id", ""),
+            f.text("class_type", ""),
+            f.number("overall", None),
+            Estimate.from_fields(estimate) if estimate is not None else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Collection
 
 from .audio import EmptyAudio, LoadAudio, SaveAudio, SaveAudioMP3, SaveAudioOpus
 from .base import InputSpec, InterruptProcessingError, NodeContext, NodeDef, NodeOutput
-from .image import EmptyImage, ImageBatch, ImageBlur, LoadImage, PreviewImage, SaveImage
+from .image import EmptyImage, ImageBatch, ImageBlur, LoadImage, PreviewImage, SaveImage, SaveImageWebsocket
 from .models import MODEL_NODES
 from .sampling import SAMPLING_NODES
 from .simulated import SimulatedModelNode, SimulatedSampler
@@ -19,6 +19,7 @@ _CLASSES: tuple[type[NodeDef], ...] = (
     ImageBlur,
     SaveImage,
     PreviewImage,
+    SaveImageWebsocket,
     EmptyAudio,
     LoadAudio,
     SaveAudio,

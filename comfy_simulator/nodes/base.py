@@ -67,12 +67,13 @@ class NodeContext:
     prompt: dict[str, Any]
     extra_data: dict[str, Any]
     temp_letters: str
-    # (value, max) → sends progress_state + progress; raises InterruptProcessingError when interrupted.
-    progress_hook: Callable[[str, int, int], Awaitable[None]]
+    # (node, value, max, preview) → sends progress_state + progress (and the preview image, ("JPEG" | "PNG",
+    # bytes), as a binary frame); raises InterruptProcessingError when interrupted.
+    progress_hook: Callable[[str, int, int, tuple[str, bytes] | None], Awaitable[None]]
     is_interrupted: Callable[[], bool] = field(default=lambda: False)
 
-    async def progress(self, value: int, total: int) -> None:
-        await self.progress_hook(self.node_id, value, total)
+    async def progress(self, value: int, total: int, preview: tuple[str, bytes] | None = None) -> None:
+        await self.progress_hook(self.node_id, value, total, preview)
 
     def throw_if_interrupted(self) -> None:
         if self.is_interrupted():

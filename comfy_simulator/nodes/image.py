@@ -173,3 +173,27 @@ class PreviewImage(SaveImage):
         prefix = "ComfyUI_temp_" + ctx.temp_letters
         results = await asyncio.to_thread(save_png_batch, ctx, kw["images"], prefix, ctx.folders.temp, "temp")
         return NodeOutput((), {"images": results})
+
+
+class SaveImageWebsocket(NodeDef):
+    """The custom node ComfyUI bundles (``custom_nodes/websocket_image_save.py``): each image goes to the
+    prompt's client as a PNG through the progress hook (a binary preview frame, ``progress`` value = the
+    image's index), nothing is written, history lists nothing for it, and it is never cached."""
+
+    name = "SaveImageWebsocket"
+    category = "api node/image/websocket"
+    python_module = "custom_nodes.websocket_image_save"
+    output_node = True
+
+    def inputs(self, folders: Folders) -> list[InputSpec]:
+        return [InputSpec("images", "IMAGE", None)]
+
+    def fingerprint(self, folders: Folders, values: dict[str, Any]) -> Any:
+        return time.time()  # its IS_CHANGED
+
+    async def execute(self, ctx: NodeContext, **kw: Any) -> NodeOutput:
+        images = kw["images"]
+        for step, image in enumerate(images):
+            png = await asyncio.to_thread(media.png_bytes, media.to_uint8(image))
+            await ctx.progress(step, images.shape[0], ("PNG", png))
+        return NodeOutput()

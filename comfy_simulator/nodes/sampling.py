@@ -20,6 +20,7 @@ import numpy as np
 from ..paths import Folders
 from .base import MAX_RESOLUTION, InputSpec, NodeContext, NodeDef, NodeOutput
 from .models import SimConditioning, SimModel
+from .previews import sampler_previews
 from .simulated import run_steps
 
 AUDIO_RATE = 44100
@@ -227,7 +228,9 @@ class KSampler(NodeDef):
         if model_kind(model) != latent.kind:
             raise RuntimeError(f"{model} cannot sample a {latent.kind} latent (it makes {model_kind(model)})")
         steps = int(kw["steps"])
-        await run_steps(ctx, steps, steps * ctx.settings.model_step_seconds)
+        # ComfyUI has no previewer for audio latents; a video's preview shows its first frame.
+        size = (latent.width, latent.height) if latent.kind != "audio" else (0, 0)
+        await run_steps(ctx, steps, steps * ctx.settings.model_step_seconds, sampler_previews(ctx.settings, *size))
         positive: SimConditioning = kw["positive"]
         negative: SimConditioning = kw["negative"]
         keys = ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")

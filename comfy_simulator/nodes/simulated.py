@@ -17,19 +17,21 @@ import numpy as np
 
 from ..paths import Folders
 from .base import InputSpec, NodeContext, NodeDef, NodeOutput
+from .previews import PreviewMaker, sampler_previews
 
 
-async def run_steps(ctx: NodeContext, steps: int, seconds: float) -> None:
+async def run_steps(ctx: NodeContext, steps: int, seconds: float, previews: PreviewMaker | None = None) -> None:
     """``steps`` sampler steps spread evenly over ``seconds`` (divided by the instance's ``sampler_speed``):
-    ``progress`` after each one, and an ``InterruptProcessingError`` at the next step once the prompt is
-    interrupted (comfy's progress hook)."""
+    ``progress`` after each one (with a preview image when ``previews`` makes them), and an
+    ``InterruptProcessingError`` at the next step once the prompt is interrupted (comfy's progress hook)."""
     seconds /= ctx.settings.sampler_speed
     started = time.monotonic()
     for step in range(1, steps + 1):
+        preview = await previews(step, steps) if previews is not None else None
         delay = started + seconds * step / steps - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        await ctx.progress(step, steps)
+        await ctx.progress(step, steps, preview)
 
 
 class SimulatedModelNode(NodeDef):
@@ -61,8 +63,11 @@ class SimulatedModelNode(NodeDef):
             *self.extra_inputs(folders),
         ]
 
+    def previews(self, ctx: NodeContext, **kw: Any) -> PreviewMaker | None:
+        return None
+
     async def execute(self, ctx: NodeContext, **kw: Any) -> NodeOutput:
-        await run_steps(ctx, int(kw["steps"]), float(kw["seconds"]))
+        await run_steps(ctx, int(kw["steps"]), float(kw["seconds"]), self.previews(ctx, **kw))
         return NodeOutput(self.produce(ctx, **kw))
 
 
@@ -76,6 +81,11 @@ class SimulatedSampler(SimulatedModelNode):
 
     def extra_inputs(self, folders: Folders) -> list[InputSpec]:
         return [InputSpec("images", "IMAGE", {}, optional=True)]
+
+    def previews(self, ctx: NodeContext, **kw: Any) -> PreviewMaker | None:
+        images = kw.get("images")
+        height, width = images.shape[1:3] if images is not None else (64, 64)
+        return sampler_previews(ctx.settings, int(width), int(height))
 
     def produce(self, ctx: NodeContext, **kw: Any) -> tuple[Any, ...]:
         images = kw.get("images")

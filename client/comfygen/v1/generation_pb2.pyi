@@ -144,6 +144,36 @@ RUN_STATUS_FAILED: RunStatus.ValueType  # 5
 RUN_STATUS_CANCELLED: RunStatus.ValueType  # 6
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
+class _EstimateBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EstimateBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EstimateBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ESTIMATE_BASIS_UNSPECIFIED: _EstimateBasis.ValueType  # 0
+    ESTIMATE_BASIS_HISTORY: _EstimateBasis.ValueType  # 1
+    """Measured durations of earlier runs of the same template (or workflow fingerprint) on this backend."""
+    ESTIMATE_BASIS_STEP_RATE_AND_HISTORY: _EstimateBasis.ValueType  # 2
+    """The step rate of the node executing, plus the measured durations of the nodes after it."""
+    ESTIMATE_BASIS_STEP_RATE: _EstimateBasis.ValueType  # 3
+    """The step rate of the node executing only: no earlier run measured the nodes after it, which are
+    counted as taking no time (an estimate of the current node's end).
+    """
+
+class EstimateBasis(_EstimateBasis, metaclass=_EstimateBasisEnumTypeWrapper):
+    """What an estimate rests on."""
+
+ESTIMATE_BASIS_UNSPECIFIED: EstimateBasis.ValueType  # 0
+ESTIMATE_BASIS_HISTORY: EstimateBasis.ValueType  # 1
+"""Measured durations of earlier runs of the same template (or workflow fingerprint) on this backend."""
+ESTIMATE_BASIS_STEP_RATE_AND_HISTORY: EstimateBasis.ValueType  # 2
+"""The step rate of the node executing, plus the measured durations of the nodes after it."""
+ESTIMATE_BASIS_STEP_RATE: EstimateBasis.ValueType  # 3
+"""The step rate of the node executing only: no earlier run measured the nodes after it, which are
+counted as taking no time (an estimate of the current node's end).
+"""
+Global___EstimateBasis: _TypeAlias = EstimateBasis  # noqa: Y015
+
 class _MediaType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -361,6 +391,8 @@ class RunSpec(_message.Message):
     EXECUTION_TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRY_ON_BACKEND_LOSS_FIELD_NUMBER: _builtins.int
     BACKEND_LABELS_FIELD_NUMBER: _builtins.int
+    LIVE_PREVIEWS_FIELD_NUMBER: _builtins.int
+    KEEP_PREVIEW_FIELD_NUMBER: _builtins.int
     workflow_json: _builtins.str
     """A ComfyUI workflow in API format (ComfyUI's "Save (API)"), as JSON text: an object mapping each
     node id to {"class_type": str, "inputs": {...}, "_meta": {"title": str}?}. Every save node's
@@ -388,6 +420,13 @@ class RunSpec(_message.Message):
     of failing it with FAILURE_CODE_BACKEND_LOST. Off by default: the generation starts over, repeating
     its GPU work. Runs still waiting in a dead backend's queue always move.
     """
+    live_previews: _builtins.bool
+    """Stream the samplers' live previews as `preview` events (ComfyUI sends them only when started with
+    `--preview-method`, e.g. `--preview-method auto`). Previews are not journaled: a watcher that falls
+    behind gets the newest one, never a backlog; the latest one is kept in run storage while the run goes.
+    """
+    keep_preview: _builtins.bool
+    """Keep the run's latest preview in run storage after the run ended (default: removed at the end)."""
     @_builtins.property
     def params(self) -> _containers.MessageMap[_builtins.str, Global___ParamValue]:
         """Template parameters by name (only with `template`). Every problem (unknown, missing, mistyped or
@@ -427,10 +466,12 @@ class RunSpec(_message.Message):
         execution_timeout: _duration_pb2.Duration | None = ...,
         retry_on_backend_loss: _builtins.bool = ...,
         backend_labels: _abc.Iterable[_builtins.str] | None = ...,
+        live_previews: _builtins.bool = ...,
+        keep_preview: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution_timeout", b"execution_timeout", "queue_timeout", b"queue_timeout", "source", b"source", "template", b"template", "workflow_json", b"workflow_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_labels", b"backend_labels", "execution_timeout", b"execution_timeout", "include_previews", b"include_previews", "params", b"params", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "retry_on_backend_loss", b"retry_on_backend_loss", "source", b"source", "template", b"template", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_labels", b"backend_labels", "execution_timeout", b"execution_timeout", "include_previews", b"include_previews", "keep_preview", b"keep_preview", "live_previews", b"live_previews", "params", b"params", "queue_timeout", b"queue_timeout", "request_id", b"request_id", "retry_on_backend_loss", b"retry_on_backend_loss", "source", b"source", "template", b"template", "workflow_json", b"workflow_json", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["workflow_json", "template"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -890,6 +931,7 @@ class Run(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     status: Global___RunStatus.ValueType
     prompt_id: _builtins.str
@@ -936,6 +978,10 @@ class Run(_message.Message):
         text, integer, number or flag (a media parameter: its `run:` reference, or "upload: N bytes, sha256 H").
         """
 
+    @_builtins.property
+    def estimate(self) -> Global___Estimate:
+        """The latest estimate of when the run completes (see Estimate); unset when there is no basis for one."""
+
     def __init__(
         self,
         *,
@@ -955,10 +1001,11 @@ class Run(_message.Message):
         request_id: _builtins.str = ...,
         template: _builtins.str = ...,
         params: _abc.Mapping[_builtins.str, Global___ParamValue] | None = ...,
+        estimate: Global___Estimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "execution", b"execution", "failure", b"failure", "finished", b"finished", "queue_wait", b"queue_wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "estimate", b"estimate", "execution", b"execution", "failure", b"failure", "finished", b"finished", "queue_wait", b"queue_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cancel_reason", b"cancel_reason", "created", b"created", "execution", b"execution", "failure", b"failure", "finished", b"finished", "last_seq", b"last_seq", "outputs", b"outputs", "params", b"params", "prompt_id", b"prompt_id", "queue_wait", b"queue_wait", "request_id", b"request_id", "run_id", b"run_id", "status", b"status", "template", b"template", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cancel_reason", b"cancel_reason", "created", b"created", "estimate", b"estimate", "execution", b"execution", "failure", b"failure", "finished", b"finished", "last_seq", b"last_seq", "outputs", b"outputs", "params", b"params", "prompt_id", b"prompt_id", "queue_wait", b"queue_wait", "request_id", b"request_id", "run_id", b"run_id", "status", b"status", "template", b"template", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -985,6 +1032,7 @@ class RunEvent(_message.Message):
     COMPLETED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run this event belongs to (a lowercase hyphenated UUID chosen by the service)."""
     seq: _builtins.int
@@ -1013,6 +1061,8 @@ class RunEvent(_message.Message):
     def failed(self) -> Global___Failed: ...
     @_builtins.property
     def cancelled(self) -> Global___Cancelled: ...
+    @_builtins.property
+    def preview(self) -> Global___Preview: ...
     def __init__(
         self,
         *,
@@ -1029,16 +1079,106 @@ class RunEvent(_message.Message):
         completed: Global___Completed | None = ...,
         failed: Global___Failed | None = ...,
         cancelled: Global___Cancelled | None = ...,
+        preview: Global___Preview | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "kind", b"kind", "node_progress", b"node_progress", "node_started", b"node_started", "nodes_cached", b"nodes_cached", "output_ready", b"output_ready", "queued", b"queued", "started", b"started", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "kind", b"kind", "node_progress", b"node_progress", "node_started", b"node_started", "nodes_cached", b"nodes_cached", "output_ready", b"output_ready", "preview", b"preview", "queued", b"queued", "started", b"started", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "kind", b"kind", "node_progress", b"node_progress", "node_started", b"node_started", "nodes_cached", b"nodes_cached", "output_ready", b"output_ready", "queued", b"queued", "run_id", b"run_id", "seq", b"seq", "started", b"started", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "kind", b"kind", "node_progress", b"node_progress", "node_started", b"node_started", "nodes_cached", b"nodes_cached", "output_ready", b"output_ready", "preview", b"preview", "queued", b"queued", "run_id", b"run_id", "seq", b"seq", "started", b"started", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["accepted", "queued", "started", "node_started", "node_progress", "nodes_cached", "output_ready", "completed", "failed", "cancelled"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["accepted", "queued", "started", "node_started", "node_progress", "nodes_cached", "output_ready", "completed", "failed", "cancelled", "preview"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
+
+@_typing.final
+class Estimate(_message.Message):
+    """When a run will complete, estimated from what the service measured. Left unset wherever there is no
+    basis: no earlier run of the same template (or the same workflow) on the same backend, and no step
+    rate yet in the node executing; a run waiting behind prompts the service knows nothing about.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    basis: Global___EstimateBasis.ValueType
+    """What it rests on."""
+    @_builtins.property
+    def completion(self) -> _timestamp_pb2.Timestamp:
+        """The estimated completion time."""
+
+    @_builtins.property
+    def remaining(self) -> _duration_pb2.Duration:
+        """The estimated time left, from the event's time."""
+
+    def __init__(
+        self,
+        *,
+        completion: _timestamp_pb2.Timestamp | None = ...,
+        remaining: _duration_pb2.Duration | None = ...,
+        basis: Global___EstimateBasis.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "remaining", b"remaining"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "completion", b"completion", "remaining", b"remaining"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Estimate: _TypeAlias = Estimate  # noqa: Y015
+
+@_typing.final
+class Preview(_message.Message):
+    """A live preview image of a node (a sampler's step, as ComfyUI's latent previewer sends them). Not
+    journaled and not numbered: its `seq` is that of the run's latest event before it (so seqs stay
+    gapless and a watcher resuming with `after_seq` misses nothing), and `number` (1, 2, 3 ... per run
+    and follower) tells previews apart. A watcher that falls behind gets only the newest preview.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    MIME_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The node it shows (a sampler)."""
+    step: _builtins.int
+    """The node's progress value last reported when the preview arrived (its step)."""
+    max: _builtins.int
+    """The node's total steps."""
+    mime: _builtins.str
+    """"image/jpeg" or "image/png"."""
+    width: _builtins.int
+    height: _builtins.int
+    image: _builtins.bytes
+    """The image file's bytes."""
+    number: _builtins.int
+    """Counts the run's previews from 1."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        step: _builtins.int = ...,
+        max: _builtins.int = ...,
+        mime: _builtins.str = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        image: _builtins.bytes = ...,
+        number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "image", b"image", "max", b"max", "mime", b"mime", "node_id", b"node_id", "number", b"number", "step", b"step", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preview: _TypeAlias = Preview  # noqa: Y015
 
 @_typing.final
 class Accepted(_message.Message):
@@ -1110,19 +1250,25 @@ class Queued(_message.Message):
 
     POSITION_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Number of prompts that will run before this one (0: it runs next)."""
     backend: _builtins.str
     """Set when the run has just moved to this backend (its first backend is named in Accepted)."""
+    @_builtins.property
+    def estimate(self) -> Global___Estimate:
+        """Covers the runs ahead (their own estimates) and this one; unset when any of them has no basis."""
+
     def __init__(
         self,
         *,
         position: _builtins.int = ...,
         backend: _builtins.str = ...,
+        estimate: Global___Estimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "estimate", b"estimate", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1135,18 +1281,24 @@ class Started(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUE_WAIT_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def queue_wait(self) -> _duration_pb2.Duration:
         """Time from `accepted` until execution started."""
+
+    @_builtins.property
+    def estimate(self) -> Global___Estimate:
+        """From the durations of earlier runs; unset without them."""
 
     def __init__(
         self,
         *,
         queue_wait: _duration_pb2.Duration | None = ...,
+        estimate: Global___Estimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["queue_wait", b"queue_wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "queue_wait", b"queue_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue_wait", b"queue_wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "queue_wait", b"queue_wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1161,22 +1313,32 @@ class NodeStarted(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     CLASS_TYPE_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
+    OVERALL_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node id in the workflow."""
     class_type: _builtins.str
     """The node's class, e.g. "KSampler"."""
     title: _builtins.str
     """The node's title from the workflow's `_meta.title`; empty when it has none."""
+    overall: _builtins.float
+    """Fraction of the run done, 0 to 1: nodes finished over nodes to execute (cached ones excluded)."""
+    @_builtins.property
+    def estimate(self) -> Global___Estimate:
+        """Unset without a basis (see Estimate)."""
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         class_type: _builtins.str = ...,
         title: _builtins.str = ...,
+        overall: _builtins.float = ...,
+        estimate: Global___Estimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_type", b"class_type", "node_id", b"node_id", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_type", b"class_type", "estimate", b"estimate", "node_id", b"node_id", "overall", b"overall", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1191,22 +1353,34 @@ class NodeProgress(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     MAX_FIELD_NUMBER: _builtins.int
+    OVERALL_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node reporting progress."""
     value: _builtins.int
     """Work done so far, in the node's own units (steps for a sampler), 0 <= value <= max."""
     max: _builtins.int
     """Total work of the node, in the same units."""
+    overall: _builtins.float
+    """Fraction of the run done, 0 to 1: (nodes finished + this node's value / max) over nodes to execute
+    (cached ones excluded).
+    """
+    @_builtins.property
+    def estimate(self) -> Global___Estimate:
+        """Unset without a basis (see Estimate)."""
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         value: _builtins.int = ...,
         max: _builtins.int = ...,
+        overall: _builtins.float = ...,
+        estimate: Global___Estimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max", b"max", "node_id", b"node_id", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "max", b"max", "node_id", b"node_id", "overall", b"overall", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
