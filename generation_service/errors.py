@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from comfy_generation.runstore.events import NodeProblem
 from comfy_generation.runstore.schema import EXCERPT_CHARS, cut_text
+from comfy_generation.runstore.schema import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
 
 MAX_PROBLEMS = 20  # problems one error names; the rest are counted
-MAX_MESSAGE_CHARS = 2000  # a whole error message
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:

@@ -110,6 +110,18 @@ class RunStore:
         del tail
         return events
 
+    def read_new_events(self, run_id: str, offset: int) -> tuple[list[RunEvent], int]:
+        """The complete events journaled from byte ``offset`` on, and the offset after the last of them (a
+        line still being written waits for the next read): for following a journal as it grows."""
+        try:
+            with self._open_in_run(run_id, EVENTS_FILE) as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return [], offset
+        end = data.rfind(b"\n") + 1
+        return [RunEvent.from_json(run_id, line) for line in data[:end].split(b"\n")[:-1]], offset + end
+
     def _open_in_run(self, run_id: str, name: str) -> IO[bytes]:
         """Open a file of the run for reading, following no symlink: neither the run folder nor the file
         may be one (the service never makes one, so one is tampering)."""

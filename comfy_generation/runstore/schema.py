@@ -33,6 +33,9 @@ class DamagedRecord(ValueError):
         super().__init__(f"run {run_id}: {where}: {problem}")
 
 
+MAX_MESSAGE_CHARS = 2000  # a whole error message, as events and statuses carry it
+
+
 def cut_text(text: str, limit: int = MAX_TEXT) -> str:
     """``text``, cut to at most ``limit`` characters (the last one an ellipsis) when it is longer."""
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
