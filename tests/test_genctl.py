@@ -16,13 +16,13 @@ import numpy as np
 from comfy_simulator.media import png_bytes
 from comfygen.v1 import generation_pb2 as pb
 from genctl.__main__ import target
-from stack_helpers import REPO, WORKFLOWS, Stack, StackFactory
+from stack_helpers import EXAMPLE_WORKFLOWS, REPO, SIM_WORKFLOWS, Stack, StackFactory
 
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 
 
 def quick_image() -> dict[str, Any]:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=32, height=32)
     graph["2"]["inputs"].update(steps=3, seconds=0.1)
     return graph
@@ -46,7 +46,7 @@ async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
 
 
 async def test_json_mode_prints_one_object_per_event_and_exits_0(stack: Stack) -> None:
-    code, out, err = await genctl(stack, "generate", str(WORKFLOWS / "audio.json"), "--json")
+    code, out, err = await genctl(stack, "generate", str(EXAMPLE_WORKFLOWS / "audio.json"), "--json")
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -61,7 +61,7 @@ async def test_json_mode_prints_one_object_per_event_and_exits_0(stack: Stack) -
 
 
 async def test_human_mode_shows_progress_and_prints_the_urls(stack: Stack) -> None:
-    code, out, err = await genctl(stack, "generate", str(WORKFLOWS / "image.json"))
+    code, out, err = await genctl(stack, "generate", str(SIM_WORKFLOWS / "image.json"))
     assert code == 0, err
     assert "node 2 Sampler" in err and "100%" in err and "completed in" in err
     (url,) = out.split()
