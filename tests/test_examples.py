@@ -51,6 +51,11 @@ async def server(stack: Stack, ready: bytes, *args: str) -> AsyncIterator[asynci
         drain = asyncio.create_task(proc.stderr.read())  # keep the pipe from filling up
         try:
             yield proc
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+            print(f"{args[0]}'s log:\n{(seen + await drain).decode(errors='replace')}")  # shown by pytest
+            raise
         finally:
             if proc.returncode is None:
                 proc.kill()
