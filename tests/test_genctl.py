@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -28,7 +29,8 @@ def quick_image() -> dict[str, Any]:
     return graph
 
 
-async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
+async def genctl(stack: Stack, *args: str, columns: int | None = None) -> tuple[int, str, str]:
+    env = {**os.environ, "COLUMNS": str(columns)} if columns else None  # rich's width when not on a terminal
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -39,6 +41,7 @@ async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
+        env=env,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
@@ -198,3 +201,37 @@ async def test_ctrl_c_says_the_run_was_cancelled(stack: Stack, tmp_path: Path) -
     (run_id,) = re.findall(r"run (\S+) cancelled", err.decode())
     run = await stack.stub.GetRun(pb.GetRunRequest(run_id=run_id))
     assert run.run.status == pb.RUN_STATUS_CANCELLED
+
+
+async def test_list_get_and_describe_print_tables_for_people(stack: Stack, tmp_path: Path) -> None:
+    workflow = tmp_path / "quick.json"
+    workflow.write_text(json.dumps(quick_image()))
+    code, out, err = await genctl(stack, "submit", str(workflow), "--json")
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    code, _, _ = await genctl(stack, "watch", run_id, "--json")
+    assert code == 0
+
+    code, out, _ = await genctl(stack, "list", columns=200)
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["RUN", "STATUS", "CREATED", "WORKFLOW", "/", "TEMPLATE", "OUTPUTS"]
+    (row,) = rows
+    assert row.split()[:2] == [run_id, "completed"] and row.split()[-1] == "1"
+
+    code, out, _ = await genctl(stack, "get", run_id, columns=200)
+    fields = {k: v.strip() for k, v in (line.split(None, 1) for line in out.splitlines()[1:]) if v.strip()}
+    assert code == 0 and out.split()[:2] == ["FIELD", "VALUE"]
+    assert fields["run_id"] == run_id and fields["status"] == "completed"
+    assert fields["backend"] == stack.sim.comfy_url
+    (output,) = [line.split() for line in out.splitlines() if line.startswith("output ")]
+    assert (
+        output[:3] == ["output", "image", "0"] and output[3] == f"{stack.gateway.base_url}/api/media/image/{run_id}/0"
+    )
+
+    code, out, _ = await genctl(stack, "describe", "ace_step_instrumental", columns=200)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["PARAMETER", "TYPE", "DEFAULT", "BOUNDS", "DESCRIPTION"]
+    seconds = next(line for line in lines if line.startswith("seconds "))
+    assert seconds.split()[1:4] == ["float", "30.0", "1..240"]
+    seed = next(line for line in lines if line.startswith("seed "))
+    assert seed.split()[1:3] == ["seed", '"random"']
