@@ -204,13 +204,10 @@ async def test_ctrl_c_says_the_run_was_cancelled(stack: Stack, tmp_path: Path) -
 
 
 async def test_list_get_and_describe_print_tables_for_people(stack: Stack, tmp_path: Path) -> None:
-    workflow = tmp_path / "quick.json"
-    workflow.write_text(json.dumps(quick_image()))
-    code, out, err = await genctl(stack, "submit", str(workflow), "--json")
-    assert code == 0, err
-    run_id = json.loads(out)["run_id"]
-    code, _, _ = await genctl(stack, "watch", run_id, "--json")
-    assert code == 0
+    run = await stack.stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=json.dumps(quick_image()))))
+    run_id = run.run.run_id
+    events = [r.event async for r in stack.stub.WatchRun(pb.WatchRunRequest(run_id=run_id))]
+    assert events[-1].HasField("completed")
 
     code, out, _ = await genctl(stack, "list", columns=200)
     header, *rows = out.splitlines()
