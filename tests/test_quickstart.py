@@ -60,14 +60,14 @@ def test_the_quick_start_ends_with_an_output_url_that_plays(tmp_path: Path) -> N
         finally:
             os.killpg(shell.pid, signal.SIGTERM)  # the three background processes: the shell's group
     assert played.status_code == 200 and played.headers["content-type"] == "audio/mpeg"
-    with av.open(io.BytesIO(played.content)) as container:
-        frames = sum(frame.samples for frame in container.decode(audio=0))
+    with av.open(io.BytesIO(played.content), mode="r") as container:
+        frames = sum(int(frame.samples) for frame in container.decode(audio=0))
     assert abs(frames / 44100 - 3.0) < 0.1  # workflows/audio.json: three seconds
 
 
 def test_the_swarmui_section_names_every_model_file_of_the_shipped_templates() -> None:
     section = README.split("### Connect your SwarmUI\n", 1)[1].split("\n### ", 1)[0]
-    models = set()
+    models: set[str] = set()
     for workflow in (REPO / "generation_service" / "templates").glob("*.workflow.json"):
         for node in json.loads(workflow.read_text()).values():
             models.update(v for v in node["inputs"].values() if isinstance(v, str) and v.endswith(".safetensors"))
