@@ -36,7 +36,7 @@ $(BIN)/python:
 # Installed once per change of pyproject.toml: every target below works from a fresh clone.
 # The client is its own distribution (client/pyproject.toml); the service depends on it for the stubs.
 $(VENV)/.installed: pyproject.toml client/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e './client[cli]' -e '.[dev]'
+	$(BIN)/pip install --quiet -e './client[cli,examples]' -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -77,7 +77,7 @@ format:
 
 # Our code strictly; tests (a folder of modules, not a package) with untyped test functions allowed.
 typecheck: install
-	$(BIN)/mypy generation_service client/generation_client media_gateway comfy_simulator client/genctl benchmarks comfy_generation scripts
+	$(BIN)/mypy generation_service client/generation_client media_gateway comfy_simulator client/genctl benchmarks comfy_generation scripts examples
 	$(BIN)/mypy tests --allow-untyped-defs --allow-incomplete-defs --check-untyped-defs \
 		--disable-error-code type-arg --disable-error-code no-any-return
 
@@ -85,13 +85,15 @@ test: install system-deps
 	$(BIN)/pytest -q
 
 # A fresh venv with the client at the minimum versions client/pyproject.toml declares (its floors), running
-# client/tests against a stack that runs from the project's venv: proves the floors are true.
-test-client-floors: install
+# client/tests against a stack that runs from the project's venv, and the examples (their dependencies at
+# their floors too) under their servers from that venv: proves the floors are true.
+test-client-floors: install system-deps
 	rm -rf $(FLOORS_VENV) && $(PYTHON) -m venv $(FLOORS_VENV)
 	$(BIN)/python scripts/client_floors.py client/pyproject.toml > $(FLOORS_VENV)/floors.txt
-	$(FLOORS_VENV)/bin/pip install --quiet -c $(FLOORS_VENV)/floors.txt './client[cli]' pytest pytest-asyncio pytest-timeout
-	$(FLOORS_VENV)/bin/pip list 2>/dev/null | grep -iE '^(grpcio|protobuf|googleapis-common-protos|rich) '
+	$(FLOORS_VENV)/bin/pip install --quiet -c $(FLOORS_VENV)/floors.txt './client[cli,examples]' pytest pytest-asyncio pytest-timeout
+	$(FLOORS_VENV)/bin/pip list 2>/dev/null | grep -iE '^(grpcio|protobuf|googleapis-common-protos|rich|fastapi|flask|uvicorn) '
 	cd client && STACK_PYTHON=$(CURDIR)/$(BIN)/python ../$(FLOORS_VENV)/bin/pytest -q -p no:cacheprovider tests
+	EXAMPLES_PYTHON=$(CURDIR)/$(FLOORS_VENV)/bin/python $(BIN)/pytest -q -p no:cacheprovider tests/test_examples.py
 
 check: lint typecheck test
 

@@ -19,7 +19,7 @@ from benchmarks.stack import start_service, start_sim
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
 
-WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+WORKFLOWS = Path(__file__).resolve().parent.parent / "comfy_simulator" / "workflows"  # SimulatedSampler
 REPEATS = 2
 
 

@@ -7,7 +7,9 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from comfy_generation import logformat
 from media_gateway.app import check_runs_dir
@@ -72,6 +74,21 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
     return Settings.from_env(merged_environment(args, environ))
 
 
+RUNS_DIR_POLL_S = 0.5
+
+
+def wait_for_runs_dir(runs_dir: Path, poll_s: float = RUNS_DIR_POLL_S) -> None:
+    """Return once ``runs_dir`` exists: the generation service creates it when it starts, which may be after
+    the gateway. Anything found there that is not a usable directory is check_runs_dir's error."""
+    if os.path.lexists(runs_dir):
+        return
+    log = logging.getLogger("media_gateway")
+    log.warning("runs dir %r does not exist yet: waiting for it (the generation service creates it)", str(runs_dir))
+    while not os.path.lexists(runs_dir):
+        time.sleep(poll_s)
+    log.info("runs dir %r appeared: starting", str(runs_dir))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -81,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))  # usage + message on stderr, exit status 2
     logformat.configure(settings.log_level, settings.log_format)  # stderr; the server's access log included
     try:
+        wait_for_runs_dir(settings.runs_dir)
         check_runs_dir(settings.runs_dir)
         if settings.worker_count > 1:
             os.environ.update(merged_environment(args))  # each worker reads its settings from there

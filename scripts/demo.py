@@ -28,9 +28,9 @@ from generation_client import AsyncGenerationClient
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS: list[tuple[str, dict[str, Any]]] = [
-    ("image workflow", {"workflow": REPO / "workflows" / "image.json"}),
+    ("image workflow", {"workflow": REPO / "comfy_simulator" / "workflows" / "image.json"}),
     ("audio workflow", {"workflow": REPO / "workflows" / "audio.json"}),
-    ("video workflow", {"workflow": REPO / "workflows" / "video.json"}),
+    ("video workflow", {"workflow": REPO / "comfy_simulator" / "workflows" / "video.json"}),
     (
         "template ace_step_instrumental: 12 s of music",
         {

@@ -29,7 +29,7 @@ TAKEOVER_S = 5.0  # shorter than the default 15 s, to keep the demo short
 
 def workflow(work: Path) -> Path:
     """The shipped image workflow, with a sampler slow enough to kill its owner in the middle."""
-    graph = json.loads((REPO / "workflows" / "image.json").read_text())
+    graph = json.loads((REPO / "comfy_simulator" / "workflows" / "image.json").read_text())
     graph["2"]["inputs"].update(steps=40, seconds=12)
     path = work / "slow-image.json"
     path.write_text(json.dumps(graph))

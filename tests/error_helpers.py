@@ -12,7 +12,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from comfygen.v1 import generation_pb2 as pb
-from stack_helpers import WORKFLOWS, Stack
+from stack_helpers import SIM_WORKFLOWS, Stack
 
 # What a default client accepts: 8 KiB of metadata in all. The service keeps a status's message and
 # details within half of it.
@@ -47,7 +47,7 @@ def sent_bytes(error: grpc.aio.AioRpcError) -> int:
 
 
 def image_workflow() -> dict[str, Any]:
-    return dict(json.loads((WORKFLOWS / "image.json").read_text()))
+    return dict(json.loads((SIM_WORKFLOWS / "image.json").read_text()))
 
 
 async def rejected(stack: Stack, request: pb.RunSpec) -> grpc.aio.AioRpcError:

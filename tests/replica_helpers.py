@@ -15,7 +15,7 @@ import grpc
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from process_helpers import RedisServer, ServiceProcess, SimProcess, free_port, start_service, start_simulator
-from stack_helpers import WORKFLOWS
+from stack_helpers import SIM_WORKFLOWS
 
 TAKEOVER_S = 3.0  # the tests' takeover bound (the default is 15 s)
 
@@ -96,7 +96,7 @@ async def cluster(tmp: Path, replicas: int = 3, backends: int = 2, *flags: str) 
 
 
 def sampler(steps: int, seconds: float, color: int = 0xABCDEF) -> str:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=32, height=32, color=color)
     graph["2"]["inputs"].update(steps=steps, seconds=seconds)
     return json.dumps(graph)

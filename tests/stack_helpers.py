@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # a type that exists only in the generated .pyi
     from comfygen.v1.generation_pb2_grpc import GenerationServiceAsyncStub
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOWS = REPO / "workflows"
+EXAMPLE_WORKFLOWS = REPO / "workflows"  # run on a real ComfyUI
+SIM_WORKFLOWS = REPO / "comfy_simulator" / "workflows"  # the simulator's fixtures (SimulatedSampler)
 
 
 @dataclass

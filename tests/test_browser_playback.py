@@ -7,22 +7,16 @@ CORS configured. Nothing is downloaded: the browser is the ``chromium`` package 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import re
-import shutil
 import socket
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 from aiohttp import web
 
+from browser_helpers import DevTools
 from comfy_generation.runstore import signed_media_url
 from comfygen.v1 import generation_pb2 as pb
 from media_gateway.player import render_run_page
@@ -30,20 +24,6 @@ from media_gateway.serve import running_gateway
 from media_gateway.settings import Settings
 from stack_helpers import Stack
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",  # CI runs as root
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",  # without these Chromium dials out and the closed network refuses it
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    "--remote-debugging-port=0",
-]
-
-# One run with all three kinds: a 160x120 orange image, 2 s of MP3, a 2 s H.264/AAC MP4 of orange frames.
 ALL_KINDS_WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 160, "height": 120, "batch_size": 1, "color": 0xFF8000}},
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "page/image"}},
@@ -110,119 +90,6 @@ PLAYBACK_CHECK = r"""
   return result;
 })()
 """
-
-
-class DevTools:
-    """A minimal Chrome DevTools Protocol client over one browser websocket (flattened sessions)."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.next_id = 0
-        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.events: list[dict[str, Any]] = []
-        self.event_arrived = asyncio.Condition()
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for message in self.ws:
-            data = json.loads(message.data)
-            if "id" in data:
-                future = self.pending.pop(data["id"])
-                if "error" in data:
-                    future.set_exception(RuntimeError(f"DevTools error: {data['error']}"))
-                else:
-                    future.set_result(data.get("result", {}))
-            else:
-                async with self.event_arrived:
-                    self.events.append(data)
-                    self.event_arrived.notify_all()
-
-    async def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = future
-        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params}
-        if session is not None:
-            message["sessionId"] = session
-        await self.ws.send_str(json.dumps(message))
-        return await future
-
-    async def wait_event(self, method: str, session: str, after: int) -> dict[str, Any]:
-        """The first ``method`` event of ``session`` among events numbered ``after`` and later."""
-        async with self.event_arrived:
-            while True:
-                for event in self.events[after:]:
-                    if event.get("method") == method and event.get("sessionId") == session:
-                        return event
-                await self.event_arrived.wait()
-
-    async def open_page(self, url: str) -> str:
-        """A new tab with Network and Page events on, navigated to ``url`` and loaded; returns its session."""
-        target = await self.call("Target.createTarget", url="about:blank")
-        session = (await self.call("Target.attachToTarget", targetId=target["targetId"], flatten=True))["sessionId"]
-        await self.call("Network.enable", session)
-        await self.call("Page.enable", session)
-        mark = len(self.events)
-        await self.call("Page.navigate", session, url=url)
-        await self.wait_event("Page.loadEventFired", session, mark)
-        return str(session)
-
-    async def evaluate(self, session: str, expression: str) -> Any:
-        reply = await self.call(
-            "Runtime.evaluate", session, expression=expression, awaitPromise=True, returnByValue=True
-        )
-        if "exceptionDetails" in reply:
-            raise AssertionError(f"page script failed: {reply['exceptionDetails']}")
-        return reply["result"]["value"]
-
-    def responses(self, session: str) -> list[dict[str, Any]]:
-        return [
-            e["params"]["response"]
-            for e in self.events
-            if e.get("method") == "Network.responseReceived" and e.get("sessionId") == session
-        ]
-
-
-@pytest.fixture
-async def devtools(tmp_path: Path) -> AsyncIterator[DevTools]:
-    binary = shutil.which("chromium")
-    assert binary is not None, "Debian's chromium package is required (`make test` installs it)"
-    profile = tmp_path / "chromium-profile"
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        *CHROMIUM_FLAGS,
-        f"--user-data-dir={profile}",
-        "about:blank",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    seen: list[str] = []
-    try:
-        async with asyncio.timeout(60):
-            while True:  # Chromium prints the browser websocket URL once it listens
-                line = (await proc.stderr.readline()).decode(errors="replace")
-                seen.append(line)
-                if not line:
-                    raise AssertionError("chromium exited before DevTools listened:\n" + "".join(seen))
-                found = re.search(r"DevTools listening on (ws://\S+)", line)
-                if found:
-                    break
-        drain = asyncio.create_task(proc.stderr.read())  # keep the pipe from filling up
-        async with aiohttp.ClientSession() as http, http.ws_connect(found.group(1), max_msg_size=0) as ws:
-            client = DevTools(ws)
-            try:
-                yield client
-            finally:
-                client.reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await client.reader
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
-        if "drain" in locals():
-            await drain
 
 
 async def make_run(stack: Stack) -> str:

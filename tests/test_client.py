@@ -22,13 +22,13 @@ from generation_client import (
     event_kind,
     messages,
 )
-from stack_helpers import WORKFLOWS, Stack, StackFactory
+from stack_helpers import SIM_WORKFLOWS, Stack, StackFactory
 
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 
 
 def quick_image(color: int = 0x102030) -> dict[str, Any]:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=32, height=32, color=color)
     graph["2"]["inputs"].update(steps=3, seconds=0.1)
     return graph

@@ -27,23 +27,26 @@ from stack_helpers import StackFactory
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+SIM_COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.simulator.yml").read_text())
+SIM_SERVICES: dict[str, dict[str, Any]] = SIM_COMPOSE["services"]
 NGINX_CONF = (REPO / "deploy" / "nginx" / "media-gateway.conf").read_text()
 _INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
 
 
-def environment(service: str) -> dict[str, str]:
+def environment(service: str, services: dict[str, dict[str, Any]] = SERVICES) -> dict[str, str]:
     """The service's environment as compose would pass it with no `.env`: every ``${X:-default}`` -> default."""
-    env = SERVICES[service].get("environment", {})
+    env = services[service].get("environment", {})
     assert isinstance(env, dict), "environment is written as a mapping"
     return {k: _INTERPOLATION.sub(lambda m: m.group(2) or "", str(v)) for k, v in env.items()}
 
 
-def mounts(service: str) -> dict[str, str]:
+def mounts(service: str, services: dict[str, dict[str, Any]] = SERVICES) -> dict[str, str]:
     """Mount target -> ``source[:mode]`` of a service's volumes (short syntax)."""
     found = {}
-    for entry in SERVICES[service].get("volumes", []):
-        source, target, *mode = entry.split(":")
-        found[target] = ":".join([source, *mode])
+    for entry in services[service].get("volumes", []):
+        parsed = re.fullmatch(r"(\$\{[^}]*\}|[^:]+):([^:]+)(:\w+)?", entry)  # a source may be ${X:-default}
+        assert parsed is not None, entry
+        found[parsed[2]] = parsed[1] + (parsed[3] or "")
     return found
 
 
@@ -52,14 +55,17 @@ def port_of(listen: str) -> str:
 
 
 def test_the_services_and_their_commands():
-    assert set(SERVICES) == {"generation-service", "media-gateway", "nginx", "redis", "simulator", "simulator-2"}
+    assert set(SERVICES) == {"generation-service", "media-gateway", "nginx", "redis"}
+    assert set(SIM_SERVICES) == {"generation-service", "simulator", "simulator-2"}
     assert SERVICES["generation-service"]["command"] == ["python", "-m", "generation_service"]
     assert SERVICES["media-gateway"]["command"] == ["python", "-m", "media_gateway"]
-    assert SERVICES["simulator"]["command"][:3] == ["python", "-m", "comfy_simulator"]
+    assert SIM_SERVICES["simulator"]["command"][:3] == ["python", "-m", "comfy_simulator"]
     assert SERVICES["nginx"]["image"].startswith("nginx:")
-    python = [name for name in SERVICES if name not in ("nginx", "redis")]
-    assert {SERVICES[name]["image"] for name in python} == {"comfy-generation:latest"}
-    assert all(SERVICES[name]["build"] == "." for name in python)
+    python = [SERVICES[n] for n in SERVICES if n not in ("nginx", "redis")] + [
+        SIM_SERVICES[n] for n in ("simulator", "simulator-2")
+    ]
+    assert {service["image"] for service in python} == {"comfy-generation:latest"}
+    assert all(service["build"] == "." for service in python)
 
 
 def test_the_runs_volume_is_written_by_the_service_only():
@@ -71,7 +77,7 @@ def test_the_runs_volume_is_written_by_the_service_only():
     assert mounts("generation-service")[service_runs] == "runs"  # read-write
     assert mounts("media-gateway")[gateway_runs] == "runs:ro"
     assert mounts("nginx")[alias.group(1)] == "runs:ro"
-    assert "runs" not in str(SERVICES["simulator"].get("volumes", []))
+    assert "runs" not in str(SIM_SERVICES["simulator"].get("volumes", []))
 
 
 def test_nginx_runs_the_shipped_config_in_front_of_the_gateway():
@@ -121,32 +127,47 @@ def test_ports_match_the_settings_and_metrics_stay_on_loopback():
     assert service["GENERATION_METRICS_LISTEN"].startswith("0.0.0.0:")  # scraped inside the compose network
     gateway_port = port_of(gateway["MEDIA_GATEWAY_LISTEN"])
     assert SERVICES["media-gateway"]["ports"] == [f"127.0.0.1:{gateway_port}:{gateway_port}"]
-    assert SERVICES["simulator"]["ports"] == ["127.0.0.1:8188:8188"]
-    assert SERVICES["simulator-2"]["ports"] == ["127.0.0.1:8189:8188"]
+    assert SIM_SERVICES["simulator"]["ports"] == ["127.0.0.1:8188:8188"]
+    assert SIM_SERVICES["simulator-2"]["ports"] == ["127.0.0.1:8189:8188"]
     assert "location = /metrics" in NGINX_CONF  # not served on the public port
 
 
 def test_every_service_has_a_health_check():
-    checks = {name: " ".join(SERVICES[name]["healthcheck"]["test"]) for name in SERVICES}
+    everything = {**SERVICES, "simulator": SIM_SERVICES["simulator"], "simulator-2": SIM_SERVICES["simulator-2"]}
+    checks = {name: " ".join(everything[name]["healthcheck"]["test"]) for name in everything}
     assert checks["generation-service"] == "CMD python /app/grpc_healthcheck.py"
     gateway_port = port_of(environment("media-gateway")["MEDIA_GATEWAY_LISTEN"])
     assert f"http://127.0.0.1:{gateway_port}/readyz" in checks["media-gateway"]
     assert "http://127.0.0.1:8080/readyz" in checks["nginx"]
     assert "/system_stats" in checks["simulator"] and "/system_stats" in checks["simulator-2"]
     assert checks["redis"] == "CMD redis-cli ping"
-    for name in SERVICES:
-        assert {"interval", "timeout", "retries"} <= set(SERVICES[name]["healthcheck"]), name
+    for name in everything:
+        assert {"interval", "timeout", "retries"} <= set(everything[name]["healthcheck"]), name
 
 
-def test_the_simulators_run_only_under_their_profile_and_make_the_default_pool():
-    simulators = ("simulator", "simulator-2")
-    assert all(SERVICES[name]["profiles"] == ["simulator"] for name in simulators)
-    assert all("profiles" not in SERVICES[name] for name in SERVICES if name not in simulators)
-    assert all("simulator" not in str(SERVICES[name].get("depends_on", "")) for name in SERVICES)
+def test_the_default_backend_is_swarmui_on_the_host_and_the_simulator_file_replaces_it():
     backend = SERVICES["generation-service"]["environment"]["GENERATION_BACKEND_URL"]
-    pool = "http://simulator:8188/ComfyBackendDirect,http://simulator-2:8188"
-    assert backend == "${GENERATION_BACKEND_URL:-" + pool + "}"  # overridable
+    assert backend == "${GENERATION_BACKEND_URL:-http://host.docker.internal:7801/ComfyBackendDirect}"
+    assert "host.docker.internal:host-gateway" in SERVICES["generation-service"]["extra_hosts"]  # it exists
+    # No service of the main file names a simulator: without the simulator file nothing dials one.
+    assert "simulator" not in yaml.safe_dump(SERVICES)
+    overlay = SIM_SERVICES["generation-service"]
+    assert set(overlay) == {"environment", "depends_on"}
+    pool = overlay["environment"]["GENERATION_BACKEND_URL"]
+    assert "${" not in pool  # whatever .env says
+    hosts = {re.match(r"http://([a-z0-9-]+):8188", url).group(1) for url in pool.split(",")}  # type: ignore[union-attr]
+    assert hosts == {"simulator", "simulator-2"} == set(overlay["depends_on"])
+    assert all(c == {"condition": "service_healthy"} for c in overlay["depends_on"].values())
     assert ServiceSettings(backend_url=pool)  # a valid pool for the service
+
+
+def test_custom_templates_have_a_volume_and_the_default_is_the_shipped_folder():
+    assert mounts("generation-service")["/templates"] == "${TEMPLATES_DIR:-./templates}:ro"
+    default = environment("generation-service")["GENERATION_TEMPLATES_DIR"]
+    python = re.search(r"^FROM python:(\d+\.\d+)-slim$", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert python is not None and "RUN python -m venv /opt/venv" in (REPO / "Dockerfile").read_text()
+    assert default == f"/opt/venv/lib/python{python.group(1)}/site-packages/generation_service/templates"
+    assert ServiceSettings().templates_dir.endswith("/generation_service/templates")
 
 
 def test_environment_names_are_settings_of_their_process():
@@ -160,9 +181,11 @@ def test_environment_names_are_settings_of_their_process():
     for name, known in [
         ("generation-service", service_vars),
         ("media-gateway", gateway_vars),
-        ("simulator", simulator_vars),
     ]:
         assert set(environment(name)) <= known, (name, set(environment(name)) - known)
+    for name, known in [("generation-service", service_vars), ("simulator", simulator_vars)]:
+        found = set(environment(name, SIM_SERVICES))
+        assert found <= known, (name, found - known)
 
 
 def test_the_defaults_are_valid_settings():
@@ -237,7 +260,7 @@ def test_the_final_stage_is_slim_and_runs_as_a_user():
     files = copied(final)
     assert {"workflows", "deploy/grpc_healthcheck.py"} <= files
     # The templates are package data, installed with generation_service: the default finds them.
-    assert "templates" not in files and "GENERATION_TEMPLATES_DIR" not in environment("generation-service")
+    assert "templates" not in files
     assert Path(ServiceSettings().templates_dir).is_relative_to(REPO / "generation_service")
     assert "WORKDIR /app" in final
     ignored = (REPO / ".dockerignore").read_text().split()

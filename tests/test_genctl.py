@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -16,19 +17,20 @@ import numpy as np
 from comfy_simulator.media import png_bytes
 from comfygen.v1 import generation_pb2 as pb
 from genctl.__main__ import target
-from stack_helpers import REPO, WORKFLOWS, Stack, StackFactory
+from stack_helpers import EXAMPLE_WORKFLOWS, REPO, SIM_WORKFLOWS, Stack, StackFactory
 
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 
 
 def quick_image() -> dict[str, Any]:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=32, height=32)
     graph["2"]["inputs"].update(steps=3, seconds=0.1)
     return graph
 
 
-async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
+async def genctl(stack: Stack, *args: str, columns: int | None = None) -> tuple[int, str, str]:
+    env = {**os.environ, "COLUMNS": str(columns)} if columns else None  # rich's width when not on a terminal
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -39,6 +41,7 @@ async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
+        env=env,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
@@ -46,7 +49,7 @@ async def genctl(stack: Stack, *args: str) -> tuple[int, str, str]:
 
 
 async def test_json_mode_prints_one_object_per_event_and_exits_0(stack: Stack) -> None:
-    code, out, err = await genctl(stack, "generate", str(WORKFLOWS / "audio.json"), "--json")
+    code, out, err = await genctl(stack, "generate", str(EXAMPLE_WORKFLOWS / "audio.json"), "--json")
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -61,7 +64,7 @@ async def test_json_mode_prints_one_object_per_event_and_exits_0(stack: Stack) -
 
 
 async def test_human_mode_shows_progress_and_prints_the_urls(stack: Stack) -> None:
-    code, out, err = await genctl(stack, "generate", str(WORKFLOWS / "image.json"))
+    code, out, err = await genctl(stack, "generate", str(SIM_WORKFLOWS / "image.json"))
     assert code == 0, err
     assert "node 2 Sampler" in err and "100%" in err and "completed in" in err
     (url,) = out.split()
@@ -207,3 +210,34 @@ def test_progress_line_shows_overall_percentage_and_eta() -> None:
     assert running_text(progress.overall, progress) == "running 42%"  # no estimate: no ETA
     progress.estimate.remaining.FromSeconds(12)
     assert running_text(progress.overall, progress) == "running 42% · ETA 12s"
+
+
+async def test_list_get_and_describe_print_tables_for_people(stack: Stack, tmp_path: Path) -> None:
+    run = await stack.stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=json.dumps(quick_image()))))
+    run_id = run.run.run_id
+    events = [r.event async for r in stack.stub.WatchRun(pb.WatchRunRequest(run_id=run_id))]
+    assert events[-1].HasField("completed")
+
+    code, out, _ = await genctl(stack, "list", columns=200)
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["RUN", "STATUS", "CREATED", "WORKFLOW", "/", "TEMPLATE", "OUTPUTS"]
+    (row,) = rows
+    assert row.split()[:2] == [run_id, "completed"] and row.split()[-1] == "1"
+
+    code, out, _ = await genctl(stack, "get", run_id, columns=200)
+    fields = {k: v.strip() for k, v in (line.split(None, 1) for line in out.splitlines()[1:]) if v.strip()}
+    assert code == 0 and out.split()[:2] == ["FIELD", "VALUE"]
+    assert fields["run_id"] == run_id and fields["status"] == "completed"
+    assert fields["backend"] == stack.sim.comfy_url
+    (output,) = [line.split() for line in out.splitlines() if line.startswith("output ")]
+    assert (
+        output[:3] == ["output", "image", "0"] and output[3] == f"{stack.gateway.base_url}/api/media/image/{run_id}/0"
+    )
+
+    code, out, _ = await genctl(stack, "describe", "ace_step_instrumental", columns=200)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["PARAMETER", "TYPE", "DEFAULT", "BOUNDS", "DESCRIPTION"]
+    seconds = next(line for line in lines if line.startswith("seconds "))
+    assert seconds.split()[1:4] == ["float", "30.0", "1..240"]
+    seed = next(line for line in lines if line.startswith("seed "))
+    assert seed.split()[1:3] == ["seed", '"random"']

@@ -19,11 +19,17 @@ from google.rpc import error_details_pb2, status_pb2
 from comfy_generation.runstore.events import Cancelled
 from comfygen.v1 import generation_pb2 as pb
 from gateway_helpers import read_metadata
-from stack_helpers import WORKFLOWS, Stack, StackFactory
+from stack_helpers import EXAMPLE_WORKFLOWS, SIM_WORKFLOWS, Stack, StackFactory
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((WORKFLOWS / name).read_text())
+    """A workflow made for the simulator (its SimulatedSampler shows progress)."""
+    return json.loads((SIM_WORKFLOWS / name).read_text())
+
+
+def example(name: str) -> dict[str, Any]:
+    """One of the example workflows that run on a real ComfyUI."""
+    return json.loads((EXAMPLE_WORKFLOWS / name).read_text())
 
 
 async def generate(stack: Stack, graph: dict[str, Any], **fields: Any) -> list[pb.RunEvent]:
@@ -104,7 +110,7 @@ async def test_image_run_streams_progress_and_serves_the_png(stack: Stack) -> No
 
 
 async def test_audio_run_stores_mp3_and_flac_in_node_order(stack: Stack) -> None:
-    events = await generate(stack, load("audio.json"))
+    events = await generate(stack, example("audio.json"))
     assert_well_formed(events)
     assert kinds(events)[-1] == "completed"
     outputs = events[-1].completed.outputs
@@ -302,7 +308,7 @@ async def test_cancelling_the_call_interrupts_the_backend_prompt(stack: Stack) -
 
 async def test_through_swarm_proxy_pinned_to_a_backend(stack_factory: StackFactory) -> None:
     stack = await stack_factory(via_swarm=True, swarm_backend_id="0")
-    events = await generate(stack, load("audio.json"))
+    events = await generate(stack, example("audio.json"))
     assert_well_formed(events)
     assert kinds(events)[-1] == "completed"
     assert events[0].accepted.backend.endswith("/ComfyBackendDirect")
@@ -350,7 +356,7 @@ async def test_run_fails_unavailable_when_history_keeps_failing_without_a_socket
 
 
 async def test_uploaded_input_feeds_a_load_node(stack: Stack) -> None:
-    produced = await generate(stack, load("audio.json"))
+    produced = await generate(stack, example("audio.json"))
     flac = await fetch_output(stack, produced[-1].completed.outputs[1])
     name = await next(iter(stack.service.runner.pool.members.values())).client.upload(
         flac, "tone.flac", subfolder="gensvc-inputs"

@@ -14,11 +14,11 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from comfygen.v1 import generation_pb2 as pb
-from stack_helpers import WORKFLOWS, Stack, StackFactory
+from stack_helpers import SIM_WORKFLOWS, Stack, StackFactory
 
 
 def sampler_workflow(steps: int = 10, seconds: float = 0.5, color: int = 0x123456) -> dict[str, Any]:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=64, height=64, color=color)
     graph["2"]["inputs"].update(steps=steps, seconds=seconds)
     return graph

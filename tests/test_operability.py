@@ -19,14 +19,14 @@ from comfy_generation.logformat import JsonFormatter, TextFormatter
 from comfy_generation.runstore import signature_problem
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
-from stack_helpers import WORKFLOWS, Stack, StackFactory
+from stack_helpers import SIM_WORKFLOWS, Stack, StackFactory
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def image_request(**fields: Any) -> pb.RunSpec:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["2"]["inputs"].update(steps=2, seconds=0.1)
     return pb.RunSpec(workflow_json=json.dumps(graph), **fields)
 

@@ -21,7 +21,7 @@ from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service.server import running_service
 from process_helpers import SimProcess, free_port, start_simulator
-from stack_helpers import WORKFLOWS, service_settings
+from stack_helpers import SIM_WORKFLOWS, service_settings
 
 SimFactory = Callable[..., Awaitable[SimProcess]]
 
@@ -61,7 +61,7 @@ async def pool_service(tmp_path: Path, urls: list[str], **overrides: Any) -> Asy
 
 
 def sampler(steps: int = 10, seconds: float = 1.0, blur: bool = False) -> str:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=32, height=32)
     graph["2"]["inputs"].update(steps=steps, seconds=seconds)
     if blur:

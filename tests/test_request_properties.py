@@ -28,7 +28,7 @@ from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from error_helpers import STATUS_BUDGET_BYTES, details_bin, rich_status, sent_bytes
 from generation_service.server import running_service
 from generation_service.settings import SHIPPED_TEMPLATES_DIR
-from stack_helpers import WORKFLOWS, service_settings
+from stack_helpers import SIM_WORKFLOWS, service_settings
 
 if TYPE_CHECKING:
     from comfygen.v1.generation_pb2_grpc import GenerationServiceAsyncStub
@@ -106,7 +106,7 @@ async def check_generate(stub: GenerationServiceAsyncStub, request: pb.GenerateR
 
 # --- strategies -----------------------------------------------------------------------------------------
 
-IMAGE = json.loads((WORKFLOWS / "image.json").read_text())
+IMAGE = json.loads((SIM_WORKFLOWS / "image.json").read_text())
 TEMPLATES = sorted(p.name.removesuffix(".template.json") for p in Path(SHIPPED_TEMPLATES_DIR).glob("*.template.json"))
 PARAM_NAMES = sorted(
     {

@@ -24,7 +24,7 @@ from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from media_gateway.serve import running_gateway
 from media_gateway.settings import Settings as GatewaySettings
-from stack_helpers import REPO, WORKFLOWS
+from stack_helpers import REPO, SIM_WORKFLOWS
 
 LISTENING = re.compile(r"generation service listening on [\d.]+:(\d+)")
 
@@ -106,7 +106,7 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 
 def workflow(steps: int, seconds: float) -> str:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=64, height=64, color=0xABCDEF)
     graph["2"]["inputs"].update(steps=steps, seconds=seconds)
     return json.dumps(graph)

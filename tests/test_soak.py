@@ -14,7 +14,7 @@ import av
 import grpc
 
 from comfygen.v1 import generation_pb2 as pb
-from stack_helpers import WORKFLOWS, StackFactory
+from stack_helpers import SIM_WORKFLOWS, StackFactory
 
 RUNS = 24
 CONCURRENCY = 8
@@ -22,7 +22,7 @@ CHAOS_STEPS = 40
 
 
 def workflow(color: int, steps: int) -> str:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=32, height=32, color=color)
     graph["2"]["inputs"].update(steps=steps, seconds=steps * 0.03)
     return json.dumps(graph)

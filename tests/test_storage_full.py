@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from comfy_generation.runstore import RunStatus, RunStore
 from comfy_generation.runstore.events import FailureCode
 from comfygen.v1 import generation_pb2 as pb
-from stack_helpers import WORKFLOWS, Stack, StackFactory
+from stack_helpers import EXAMPLE_WORKFLOWS, SIM_WORKFLOWS, Stack, StackFactory
 
 VOLUME_BYTES = 8 * 1024 * 1024
 
@@ -51,7 +51,7 @@ def fill(volume: Path, leave: int = 0) -> Path:
 
 
 def sampler_request(steps: int, seconds: float) -> pb.RunSpec:
-    graph = json.loads((WORKFLOWS / "image.json").read_text())
+    graph = json.loads((SIM_WORKFLOWS / "image.json").read_text())
     graph["1"]["inputs"].update(width=64, height=64)
     graph["2"]["inputs"].update(steps=steps, seconds=seconds)
     return pb.RunSpec(workflow_json=json.dumps(graph))
@@ -138,7 +138,7 @@ async def test_an_output_larger_than_the_free_space_fails_its_run_and_leaves_no_
     runs_volume: Path, full_stack: Stack
 ) -> None:
     stack = full_stack
-    graph = json.loads((WORKFLOWS / "audio.json").read_text())
+    graph = json.loads((EXAMPLE_WORKFLOWS / "audio.json").read_text())
     graph["1"]["inputs"]["duration"] = 90.0  # 128 kbit/s MP3: about 1.4 MB, much more than is left
     del graph["3"]
     fill(runs_volume, leave=256 * 1024)

@@ -202,6 +202,12 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
         "--tls-cert", type=Path, default=default(None), help="client certificate chain PEM, for mutual TLS"
     )
     parser.add_argument("--tls-key", type=Path, default=default(None), help="client private key PEM, for mutual TLS")
+    parser.add_argument(
+        "--wait-for-ready",
+        action="store_true",
+        default=default(False),
+        help="wait for the service to be reachable (one just started) instead of failing with UNAVAILABLE",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -293,7 +299,9 @@ async def amain(args: argparse.Namespace, session: Session) -> int:
         server = target(args.server)
     except (UsageError, OSError) as exc:
         return fail(str(exc), EXIT_USAGE)
-    async with AsyncGenerationClient(server, token=args.token, tls=args.tls, ca_pem=ca_pem, client_cert=cert) as client:
+    async with AsyncGenerationClient(
+        server, token=args.token, tls=args.tls, ca_pem=ca_pem, client_cert=cert, wait_for_ready=args.wait_for_ready
+    ) as client:
         try:
             return await COMMANDS[args.command](client, args, session)
         except GenerationClientError as exc:

@@ -81,7 +81,8 @@ def translate(error: Any) -> GenerationClientError:
     code: grpc.StatusCode = error.code()
     violations: dict[str, str] = {}
     retry_after = None
-    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    # Iterated as (key, value) pairs: grpcio 1.63's aio Metadata cannot be turned into a dict.
+    raw = next((v for k, v in error.trailing_metadata() or () if k == "grpc-status-details-bin"), None)
     if isinstance(raw, bytes):
         for detail in status_pb2.Status.FromString(raw).details:
             bad, retry = error_details_pb2.BadRequest(), error_details_pb2.RetryInfo()

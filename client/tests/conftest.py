@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 STACK_PYTHON = os.environ.get("STACK_PYTHON", sys.executable)
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[2] / "comfy_simulator" / "workflows"  # the simulator's fixtures
 READY_TIMEOUT_S = 60.0
 
 
