@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -14,19 +15,23 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from comfy_generation.runstore import (
     InvalidRunId,
     MediaKind,
+    RunRecord,
     RunStore,
     file_signature_problem,
+    open_run_file,
     output_url,
     parse_run_id,
     signature_problem,
+    signed_media_url,
 )
 from media_gateway.catalog import OutputNotFound, RecordDamaged, ResolvedOutput, RunCatalog, UrlFor
+from media_gateway.live import event_stream
 from media_gateway.metrics import Metrics, MetricsMiddleware
 from media_gateway.player import render_run_page
 from media_gateway.responses import MediaResponse, json_error, open_output
@@ -46,6 +51,7 @@ URL_KINDS: dict[str, MediaKind] = {
 _INDEX_RE = re.compile(r"[0-9]{1,9}")
 EXPOSED_HEADERS = ["Content-Range", "Accept-Ranges", "Content-Length", "ETag", "Last-Modified", "Content-Disposition"]
 _YES = ("1", "true", "yes")
+MAX_PREVIEW_BYTES = 4 * 1024 * 1024
 
 
 def _kind(text: str) -> MediaKind:
@@ -179,8 +185,72 @@ class _Endpoints:
             raise HTTPException(404, str(exc)) from exc
         except RecordDamaged as exc:
             raise HTTPException(422, str(exc)) from exc
-        page = render_run_page(document, error=record.error.message if record.error else None)
+        reason = (
+            record.error.message
+            if record.error
+            else (f"cancelled: {record.cancel_reason}" if record.cancel_reason else None)
+        )
+        events = self._signed(f"/api/runs/{run_id}/events", expires)
+        page = render_run_page(document, error=reason, events_url=events, record=record.to_json())
         return HTMLResponse(page, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+    async def run_events(self, request: Request) -> Response:
+        """The run's events as server-sent events (see live.py); ``Last-Event-ID`` resumes after that seq."""
+        expires = self._check_signature(request)
+        run_id = _run_id(request)
+        resume = request.headers.get("last-event-id", "0").strip() or "0"
+        if not (resume.isascii() and resume.isdigit()) or len(resume) > 12:
+            raise HTTPException(400, "Last-Event-ID must be the seq of an event (a non-negative integer)")
+        await self._record(run_id)  # 404 or 422 before the stream starts
+        stream = event_stream(
+            self.catalog.store, run_id, int(resume), self._url_for(expires), self._preview_url(run_id, expires)
+        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass each event on at once
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+    async def preview(self, request: Request) -> Response:
+        """The run's latest preview image, while it has one."""
+        self._check_signature(request)
+        run_id = _run_id(request)
+        found = await anyio.to_thread.run_sync(self._read_preview, run_id)
+        if found is None:
+            raise HTTPException(404, f"run {run_id} has no preview")
+        body, mime = found
+        return Response(
+            body, media_type=mime, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        )
+
+    def _read_preview(self, run_id: str) -> tuple[bytes, str] | None:
+        for name, mime in (("preview.jpg", "image/jpeg"), ("preview.png", "image/png")):
+            try:
+                fd, _ = open_run_file(self.catalog.store.run_dir(run_id) / name)  # no symlink followed
+            except OSError:
+                continue
+            with os.fdopen(fd, "rb") as fh:
+                return fh.read(MAX_PREVIEW_BYTES), mime
+        return None
+
+    def _signed(self, path: str, expires: int | None) -> str:
+        """A link from a page to another path of the gateway: signed like the page's own URL."""
+        if not self.secret:
+            return path
+        until = min(int(time.time()) + self.ttl, expires) if expires is not None else int(time.time()) + self.ttl
+        return signed_media_url(path, self.secret, until)
+
+    def _preview_url(self, run_id: str, expires: int | None) -> Callable[[str, int], str]:
+        def url(name: str, version: int) -> str:
+            signed = self._signed(f"/api/runs/{run_id}/preview", expires)
+            return f"{signed}{'&' if '?' in signed else '?'}v={version}"  # a new URL for each new preview
+
+        return url
+
+    async def _record(self, run_id: str) -> RunRecord:
+        try:
+            return await anyio.to_thread.run_sync(self.catalog.record, run_id)
+        except OutputNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except RecordDamaged as exc:
+            raise HTTPException(422, str(exc)) from exc
 
     async def healthz(self, request: Request) -> Response:
         """The process answers (liveness)."""
@@ -230,6 +300,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/runs/{run_id}", endpoints.run_page, methods=["GET"]),
+        Route("/api/runs/{run_id}/events", endpoints.run_events, methods=["GET"]),
+        Route("/api/runs/{run_id}/preview", endpoints.preview, methods=["GET"]),
         Route("/api/media/info/{run_id}", endpoints.info, methods=["GET"]),
         Route("/api/media/{kind}/{run_id}", endpoints.media, methods=["GET"]),  # GET implies HEAD
         Route("/api/media/{kind}/{run_id}/{index}", endpoints.media, methods=["GET"]),

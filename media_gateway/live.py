@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from comfy_generation.runstore import MediaKind, RunStore
+from comfy_generation.runstore import DamagedRecord, MediaKind, RunStore
 from comfy_generation.runstore import events as ev
 from comfy_generation.runstore.schema import MAX_MESSAGE_CHARS, cut_text
 
@@ -91,61 +91,52 @@ def _failed(body: ev.Failed) -> dict[str, Any]:
     }
 
 
+def _outputs(body: ev.Completed, run_id: str, url_for: UrlFor) -> dict[str, Any]:
+    return {
+        "outputs": [_output(o, run_id, url_for) for o in body.outputs],
+        "queue_wait": seconds_json(body.queue_wait_s),
+        "execution": seconds_json(body.execution_s),
+    }
+
+
+# Domain event class -> its fields as the client prints them (the proto's names and shapes).
+_FIELDS: dict[type, Callable[[Any, str, UrlFor], dict[str, Any]]] = {
+    ev.Accepted: lambda b, run_id, url_for: {
+        "prompt_id": b.prompt_id,
+        "backend": b.backend,
+        "workflow_name": b.workflow_name,
+        "template": b.template,
+        "seeds": dict(b.seeds),
+    },
+    ev.Queued: lambda b, run_id, url_for: {"position": b.position, "backend": b.backend, **_estimate(b.estimate)},
+    ev.Started: lambda b, run_id, url_for: {"queue_wait": seconds_json(b.queue_wait_s), **_estimate(b.estimate)},
+    ev.NodeStarted: lambda b, run_id, url_for: {
+        "node_id": b.node_id,
+        "class_type": b.class_type,
+        "title": b.title,
+        "overall": b.overall,
+        **_estimate(b.estimate),
+    },
+    ev.NodeProgress: lambda b, run_id, url_for: {
+        "node_id": b.node_id,
+        "value": b.value,
+        "max": b.max,
+        "overall": b.overall,
+        **_estimate(b.estimate),
+    },
+    ev.NodesCached: lambda b, run_id, url_for: {"node_ids": list(b.node_ids)},
+    ev.OutputReady: lambda b, run_id, url_for: _output(b.output, run_id, url_for),
+    ev.Completed: _outputs,
+    ev.Failed: lambda b, run_id, url_for: _failed(b),
+    ev.Cancelled: lambda b, run_id, url_for: {"reason": b.reason},
+}
+
+
 def event_dict(event: ev.RunEvent, url_for: UrlFor) -> dict[str, Any]:
-    """The event as the client library's ``event_to_dict`` shapes it (tests hold the two together)."""
-    body = event.body
-
-    def output(o: ev.StoredOutput) -> dict[str, Any]:
-        return _output(o, event.run_id, url_for)
-
-    fields: dict[str, Any]
-    match body:
-        case ev.Accepted():
-            fields = {
-                "prompt_id": body.prompt_id,
-                "backend": body.backend,
-                "workflow_name": body.workflow_name,
-                "template": body.template,
-                "seeds": dict(body.seeds),
-            }
-        case ev.Queued():
-            fields = {"position": body.position, "backend": body.backend, **_estimate(body.estimate)}
-        case ev.Started():
-            fields = {"queue_wait": seconds_json(body.queue_wait_s), **_estimate(body.estimate)}
-        case ev.NodeStarted():
-            fields = {
-                "node_id": body.node_id,
-                "class_type": body.class_type,
-                "title": body.title,
-                "overall": body.overall,
-                **_estimate(body.estimate),
-            }
-        case ev.NodeProgress():
-            fields = {
-                "node_id": body.node_id,
-                "value": body.value,
-                "max": body.max,
-                "overall": body.overall,
-                **_estimate(body.estimate),
-            }
-        case ev.NodesCached():
-            fields = {"node_ids": list(body.node_ids)}
-        case ev.OutputReady():
-            fields = output(body.output)
-        case ev.Completed():
-            fields = {
-                "outputs": [output(o) for o in body.outputs],
-                "queue_wait": seconds_json(body.queue_wait_s),
-                "execution": seconds_json(body.execution_s),
-            }
-        case ev.Failed():
-            fields = _failed(body)
-        case ev.Cancelled():
-            fields = {"reason": body.reason}
-        case _:
-            fields = {}
-    kind = ev.kind_name(body)
-    return {"run_id": event.run_id, "seq": event.seq, "time": timestamp_json(event.time), "type": kind, **fields}
+    """The event as the client library's ``event_to_dict`` shapes it (a test holds the two together)."""
+    fields = _FIELDS[type(event.body)](event.body, event.run_id, url_for)
+    head = {"run_id": event.run_id, "seq": event.seq, "time": timestamp_json(event.time)}
+    return {**head, "type": ev.kind_name(event.body), **fields}
 
 
 def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
@@ -169,7 +160,11 @@ async def event_stream(
     offset, quiet = 0, 0.0
     preview: tuple[str, int] | None = None
     while True:
-        events, offset = await asyncio.to_thread(store.read_new_events, run_id, offset)
+        try:
+            events, offset = await asyncio.to_thread(store.read_new_events, run_id, offset)
+        except DamagedRecord as exc:  # the stream is open already: say it as its last event
+            yield sse("error", {"run_id": run_id, "error": str(exc)})
+            return
         for event in events:
             if event.seq <= after_seq:
                 continue

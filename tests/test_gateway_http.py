@@ -253,7 +253,9 @@ async def test_run_page_of_a_failed_run_escapes_the_message(client: httpx.AsyncC
 
     html = (await client.get(f"/runs/{run_id}")).text
 
-    assert "<script>" not in html and "&lt;script&gt;" in html and "No outputs yet" in html
+    # The page's own script is the only one: the message is text.
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)" in html and "No outputs yet" in html
+    assert html.count("<script>") == 1
 
 
 async def test_run_page_errors(client: httpx.AsyncClient):
