@@ -54,6 +54,12 @@ class Profile:
     nodes: dict[str, float]  # node id -> seconds from its start to the next node's
     runs: int = 1
 
+    @classmethod
+    def from_json(cls, data: Any) -> Profile:
+        """Raises ValueError, TypeError, KeyError or AttributeError for anything but a stored profile."""
+        nodes = {str(n): float(s) for n, s in data["nodes"].items()}
+        return cls(float(data["execution_s"]), nodes, int(data["runs"]))
+
     def merged(self, newer: Profile) -> Profile:
         def mix(old: float, new: float) -> float:
             return old + WEIGHT_OF_NEWEST * (new - old)
@@ -73,12 +79,16 @@ class DurationBook:
     def get(self, backend: str, key: str) -> Profile | None:
         return self._profiles.get(f"{backend} {key}")
 
-    async def measured(self, backend: str, key: str, profile: Profile) -> None:
-        name = f"{backend} {key}"
-        old = self._profiles.pop(name, None)
-        self._profiles[name] = old.merged(profile) if old is not None else profile
+    def remember(self, name: str, profile: Profile) -> None:
+        self._profiles.pop(name, None)
+        self._profiles[name] = profile
         while len(self._profiles) > MAX_PROFILES:
             del self._profiles[next(iter(self._profiles))]
+
+    async def measured(self, backend: str, key: str, profile: Profile) -> None:
+        name = f"{backend} {key}"
+        old = self._profiles.get(name)
+        self.remember(name, old.merged(profile) if old is not None else profile)
         if self.path is None:
             return
         text = json.dumps({k: vars(p) for k, p in self._profiles.items()}, separators=(",", ":"))
@@ -95,12 +105,7 @@ class DurationBook:
             if self.path.stat().st_size > MAX_FILE_BYTES:
                 raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
             data = json.loads(self.path.read_bytes())
-            return {
-                str(k): Profile(
-                    float(v["execution_s"]), {str(n): float(s) for n, s in v["nodes"].items()}, int(v["runs"])
-                )
-                for k, v in data.items()
-            }
+            return {str(k): Profile.from_json(v) for k, v in data.items()}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -30,6 +30,7 @@ from generation_service.pool import BackendConfig, BackendPool, configs_from_fil
 from generation_service.reflection import enable_reflection
 from generation_service.replicas.link import RedisLink
 from generation_service.replicas.runner import ReplicaRunner
+from generation_service.replicas.shared_durations import SharedDurations
 from generation_service.runner import Runner
 from generation_service.servicer import GenerationServicer
 from generation_service.settings import Settings
@@ -111,6 +112,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         probe_s=settings.health_check_seconds,
         down_after_s=settings.backend_down_seconds,
     )
+    link = RedisLink(settings.redis_url, settings.redis_prefix, replica_name(settings)) if settings.redis_url else None
     policy = FollowPolicy(
         media_base_url=settings.media_base_url,
         poll_s=settings.history_poll_seconds,
@@ -120,7 +122,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         signing_secret=settings.media_signing_secret,
         url_ttl_s=settings.media_url_ttl_seconds,
         file_urls=settings.media_urls == "files",
-        durations=DurationBook(Path(settings.runs_dir)),
+        durations=SharedDurations(link) if link is not None else DurationBook(Path(settings.runs_dir)),
     )
     defaults = RunOptions(
         queue_timeout_s=settings.queue_timeout_seconds, execution_timeout_s=settings.execution_timeout_seconds
@@ -134,7 +136,6 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         "templates": templates,
         "max_media_bytes": settings.max_input_media_bytes,
     }
-    link = RedisLink(settings.redis_url, settings.redis_prefix, replica_name(settings)) if settings.redis_url else None
     runner = (
         ReplicaRunner(
             RunStore(settings.runs_dir),

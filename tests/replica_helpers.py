@@ -81,10 +81,12 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def cluster(tmp: Path, replicas: int = 3, backends: int = 2, *flags: str) -> AsyncIterator[Cluster]:
+async def cluster(
+    tmp: Path, replicas: int = 3, backends: int = 2, *flags: str, sim_flags: tuple[str, ...] = ()
+) -> AsyncIterator[Cluster]:
     redis = RedisServer(tmp / "redis")
     await redis.start()
-    sims = [await start_simulator(tmp / f"sim{i}", free_port()) for i in range(backends)]
+    sims = [await start_simulator(tmp / f"sim{i}", free_port(), *sim_flags) for i in range(backends)]
     (tmp / "runs").mkdir()
     built = Cluster(tmp, redis, sims)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -364,3 +365,33 @@ async def test_a_generate_call_outlives_its_replica_losing_the_run(tmp_path: Pat
         # Taken over through the owners group by a live replica (replica one itself may claim it back).
         assert _owner(c.runs_dir, run_id) in ("replica-1", "replica-2", "replica-3")
         assert any("another replica owns it now" in line for line in one.process.log)
+
+
+async def test_live_previews_reach_watchers_on_other_replicas(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2, 1, sim_flags=("--preview-method", "taesd")) as c:
+        one, two = c.replicas
+        run = await submit(one.stub, workflow_json=sampler(steps=12, seconds=2.4), live_previews=True)
+        events = await watch_all(two.stub, run.run_id)
+        previews = [e.preview for e in events if e.HasField("preview")]
+        journaled = [e for e in events if not e.HasField("preview")]
+        assert_one_continuous_run(journaled)
+        assert journaled[-1].HasField("completed")
+        numbers = [p.number for p in previews]
+        assert len(numbers) >= 2 and numbers == sorted(set(numbers)), numbers  # newest ones, in order
+        assert all(p.image[:2] == b"\xff\xd8" and p.mime == "image/jpeg" for p in previews)
+
+
+async def test_durations_measured_on_one_replica_give_estimates_on_another(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2, 1) as c:
+        one, two = c.replicas
+        workflow = sampler(steps=10, seconds=2.0, color=0x123456)
+        first = await watch_all(one.stub, (await submit(one.stub, workflow_json=workflow)).run_id)
+        assert first[-1].HasField("completed")
+        started = next(e.started for e in first if e.HasField("started"))
+        assert not started.HasField("estimate")  # nothing measured yet
+        async with httpx.AsyncClient() as http:  # ComfyUI would replay the cached result otherwise
+            assert (await http.post(c.sims[0].url + "/free", json={"free_memory": True})).status_code == 200
+        second = await watch_all(two.stub, (await submit(two.stub, workflow_json=workflow)).run_id)
+        started = next(e.started for e in second if e.HasField("started"))
+        assert started.estimate.basis == pb.ESTIMATE_BASIS_HISTORY  # before its first step, from replica one's run
+        assert not (c.runs_dir / "estimates.json").exists()  # in Redis, not overwritten by each replica in turn

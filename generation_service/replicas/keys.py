@@ -45,6 +45,15 @@ class Keys:
         """Stream of the run's events, entry id 0-<seq>."""
         return f"{self.prefix}:run:{run_id}:events"
 
+    def previews(self, run_id: str) -> str:
+        """Stream holding the run's latest live preview only (MAXLEN 1): previews are never journaled."""
+        return f"{self.prefix}:run:{run_id}:previews"
+
+    @property
+    def durations(self) -> str:
+        """Hash of measured durations (backend and workflow -> profile JSON), for estimates."""
+        return f"{self.prefix}:durations"
+
     def record(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:record"
 

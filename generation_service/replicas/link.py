@@ -36,6 +36,11 @@ def stream_entries(reply: Any) -> list[Entry]:
     return [(str(entry_id), dict(fields or {})) for entry_id, fields in reply or []]
 
 
+def streams_read(reply: Any) -> dict[str, list[Entry]]:
+    """The entries of an XREAD reply over several streams, by stream."""
+    return {str(stream): stream_entries(entries) for stream, entries in reply or []}
+
+
 def read_entries(reply: Any) -> list[Entry]:
     """The entries of an XREAD or XREADGROUP reply (over one stream)."""
     return [entry for _, entries in reply or [] for entry in stream_entries(entries)]

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from comfy_generation.runstore import DamagedRecord, RunStore
 from comfy_generation.runstore import events as ev
-from generation_service.replicas.link import BLOCK_MS, REDIS_DOWN, RedisLink, read_entries
-from generation_service.replicas.replicator import seq_of
+from generation_service.replicas.link import BLOCK_MS, REDIS_DOWN, RedisLink, streams_read
+from generation_service.replicas.replicator import preview_from_text, seq_of
 from generation_service.run_handle import EventLog
 
 logger = logging.getLogger(__name__)
@@ -34,39 +35,45 @@ class RunMirror:
         self.task = asyncio.create_task(self._read(), name=f"mirror-{run_id}")
 
     async def _read(self) -> None:
-        key = self.link.keys.events(self.run_id)
+        key, previews = self.link.keys.events(self.run_id), self.link.keys.previews(self.run_id)
+        preview_id = "0-0"
         while not self.log.finished:
+            streams: dict[Any, Any] = {key: f"0-{self.log.last_seq}", previews: preview_id}
             try:
-                reply = await self.link.blocking.xread(
-                    {key: f"0-{self.log.last_seq}"}, count=READ_COUNT, block=BLOCK_MS
-                )
+                reply = await self.link.blocking.xread(streams, count=READ_COUNT, block=BLOCK_MS)
             except REDIS_DOWN:
                 await self._from_storage()  # the owner keeps journaling while Redis is away
                 await asyncio.sleep(0.5)
                 continue
-            entries = read_entries(reply)
-            if not entries:
+            if not reply:
                 # Quiet for a while: a run that ended long ago (its stream expired) or an owner that is
                 # gone until its runs are taken over. Storage has whatever was journaled.
                 await self._from_storage()
                 continue
-            for entry_id, fields in entries:
-                seq = seq_of(entry_id)
-                if seq <= self.log.last_seq:
-                    continue
-                if seq > self.log.last_seq + 1:
-                    await self._from_storage()
-                    if seq <= self.log.last_seq:
-                        continue
-                try:
-                    event = ev.RunEvent.from_json(self.run_id, fields["event"])
-                except (DamagedRecord, KeyError):
-                    logger.error("run %s: an unreadable event in Redis at seq %d", self.run_id, seq)
-                    await self._from_storage()
-                    continue
-                self.log.append(event)
-                if event.is_terminal:
-                    break
+            found = streams_read(reply)
+            for entry_id, fields in found.get(previews, []):
+                preview_id = entry_id  # the stream keeps the newest one only: show it
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    self.log.show_preview(preview_from_text(self.run_id, fields["preview"]))
+            await self._take(found.get(key, []))
+
+    async def _take(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """Events read from the stream, in seq order; a gap is filled from the journal first."""
+        for entry_id, fields in entries:
+            seq = seq_of(entry_id)
+            if seq > self.log.last_seq + 1:
+                await self._from_storage()
+            if seq <= self.log.last_seq:
+                continue
+            try:
+                event = ev.RunEvent.from_json(self.run_id, fields["event"])
+            except (DamagedRecord, KeyError):
+                logger.error("run %s: an unreadable event in Redis at seq %d", self.run_id, seq)
+                await self._from_storage()
+                continue
+            self.log.append(event)
+            if event.is_terminal:
+                return
 
     async def _from_storage(self) -> None:
         try:

@@ -5,9 +5,13 @@ itself whenever Redis was away."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
+import json
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 from comfy_generation.runstore import RunRecord, RunStatus, record_text
 from comfy_generation.runstore import events as ev
@@ -23,6 +27,31 @@ BATCH = 500  # events per round trip when catching up
 def seq_of(entry_id: str) -> int:
     """An event's seq from its stream entry id (0-<seq>)."""
     return int(entry_id.partition("-")[2])
+
+
+def preview_text(event: ev.RunEvent) -> str:
+    """A preview event as the previews stream carries it (the image as base64)."""
+    body = event.body
+    assert isinstance(body, ev.Preview)
+    fields = {k: v for k, v in dataclasses.asdict(body).items() if k != "image"}
+    return json.dumps(
+        {"seq": event.seq, "time": event.time.isoformat(), **fields, "image": base64.b64encode(body.image).decode()}
+    )
+
+
+def preview_from_text(run_id: str, text: str) -> ev.RunEvent:
+    data = json.loads(text)
+    body = ev.Preview(
+        str(data["node_id"]),
+        int(data["step"]),
+        int(data["max"]),
+        str(data["mime"]),
+        int(data["width"]),
+        int(data["height"]),
+        base64.b64decode(data["image"]),
+        int(data["number"]),
+    )
+    return ev.RunEvent(run_id, int(data["seq"]), datetime.fromisoformat(data["time"]), body)
 
 
 def index_member(record: RunRecord) -> str:
@@ -51,12 +80,17 @@ class RunReplicator:
         self._sent: int | None = None  # the seq the stream ends at; None: ask Redis
         self._record_sent: RunRecord | None = None
         self._status_sent: RunStatus | None = None
+        self._preview: ev.RunEvent | None = None  # the newest preview not copied yet (older ones are moot)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._task = asyncio.create_task(self._follow(), name=f"replicate-{record.run_id}")
 
     def record_changed(self, record: RunRecord) -> None:
         self.record = record
+        self.changed()
+
+    def preview(self, event: ev.RunEvent) -> None:
+        self._preview = event
         self.changed()
 
     def changed(self) -> None:
@@ -99,7 +133,7 @@ class RunReplicator:
 
     @property
     def _synced(self) -> bool:
-        return self._sent == len(self.history) and self._record_sent is self.record
+        return self._sent == len(self.history) and self._record_sent is self.record and self._preview is None
 
     async def _stream_end(self, run_id: str) -> int:
         """The seq the run's stream ends at. A stream that lacks its first events (Redis lost them, then
@@ -132,11 +166,14 @@ class RunReplicator:
         sent = self._sent
         batch = list(self.history[sent : sent + BATCH])
         record = self.record
+        preview, self._preview = self._preview, None
 
         async def send() -> list[object]:
             async with self.link.redis.pipeline(transaction=False) as pipe:
                 for event in batch:
                     pipe.xadd(self.keys.events(run_id), {"event": event.to_json()}, id=f"0-{event.seq}")
+                if preview is not None:
+                    pipe.xadd(self.keys.previews(run_id), {"preview": preview_text(preview)}, maxlen=1)
                 if record is not self._record_sent:
                     pipe.set(self.keys.record(run_id), record_text(record))
                     if record.status != self._status_sent:
@@ -144,6 +181,7 @@ class RunReplicator:
                 if record.status.is_terminal and batch and batch[-1].is_terminal:
                     pipe.expire(self.keys.events(run_id), int(self.retention_s))
                     pipe.expire(self.keys.record(run_id), int(self.retention_s))
+                    pipe.delete(self.keys.previews(run_id))
                     pipe.delete(self.keys.cancel(run_id))
                 return list(await pipe.execute(raise_on_error=False))
 

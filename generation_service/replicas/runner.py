@@ -36,6 +36,7 @@ from generation_service.replicas.link import REDIS_DOWN, RedisLink
 from generation_service.replicas.mirror import MirrorHub
 from generation_service.replicas.ownership import Ownership
 from generation_service.replicas.replicator import RunReplicator
+from generation_service.replicas.shared_durations import SharedDurations
 from generation_service.replicas.shared_index import PENDING_REQUEST_S, SharedIndex
 from generation_service.replicas.shared_load import SharedLoad
 from generation_service.run_handle import Deposed, RunHandle, RunView
@@ -181,6 +182,8 @@ class ReplicaRunner(Runner):
 
     async def _before_dispatch(self) -> None:
         await self.load.refresh(self.pool)
+        if isinstance(self.policy.durations, SharedDurations):
+            await self.policy.durations.fresh()
 
     async def _reserve(self, run_id: str) -> None:
         await self.ownership.reserve(run_id, self.max_in_flight, retry_after_s=max(1.0, self.policy.keepalive_s))
@@ -212,6 +215,7 @@ class ReplicaRunner(Runner):
         replicator = self.replicators.get(writer.run_id) or self._replicate(writer, ())
         replicator.history = handle.history
         handle.on_publish = lambda event: replicator.changed()
+        handle.on_preview = replicator.preview
         writer.on_deposed = lambda: self._deposed(handle)
         replicator.changed()
         return handle
@@ -364,6 +368,8 @@ class ReplicaRunner(Runner):
             asyncio.create_task(self.ownership.keep(), name="ownership"),
             asyncio.create_task(self._listen_for_cancels(), name="cancels"),
         ]
+        if isinstance(self.policy.durations, SharedDurations):
+            self._looping.append(asyncio.create_task(self.policy.durations.follow(), name="durations"))
         if not self.link.up:
             logger.warning("Redis is unreachable at start-up: runs are indexed and resumed once it answers")
             return 0
@@ -372,6 +378,8 @@ class ReplicaRunner(Runner):
     async def _adopt_storage(self) -> int:
         self._adopted = True
         await self.ownership.join()
+        if isinstance(self.policy.durations, SharedDurations):
+            await self.policy.durations.load()
         found = await asyncio.to_thread(run_index.scan, self.store)
         loaded = []
         for run_id, item in found.items():
