@@ -98,7 +98,8 @@ class Backend(Protocol):
 class PoolClient(Backend, Protocol):
     """What the pool needs of a backend besides what runs use: its lifecycle, its whole queue, its nodes."""
 
-    on_reconnect: Callable[[], None]
+    on_reconnect: Callable[[], None]  # its websocket connected again (the backend may have restarted)
+    on_connect: Callable[[], None]  # its websocket connected (the first time too): the backend answers
 
     @property
     def connected(self) -> bool:

@@ -80,6 +80,7 @@ class ComfyBackend:
         self._queue_cached: tuple[float, dict[str, QueueState]] | None = None  # (fetch start, states)
         self.connections = 0  # websocket connections opened so far (reconnects = connections - 1)
         self.on_reconnect: Callable[[], None] = lambda: None
+        self.on_connect: Callable[[], None] = lambda: None
         self._socket_failing = False  # the last connection attempt failed: do not wait for the socket
         self.probe_error = ""
 
@@ -132,6 +133,7 @@ class ComfyBackend:
                     self.connections += 1
                     if self.connections > 1:
                         self.on_reconnect()
+                    self.on_connect()
                     opened_at = time.monotonic()
                     logger.info("backend websocket connected to %s (clientId %s)", self.public_url, client_id)
                     await self._read_frames(ws)

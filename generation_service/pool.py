@@ -194,6 +194,7 @@ class BackendPool:
         self.members: dict[str, Member] = {}
         self._round_robin = itertools.count()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._looks: set[asyncio.Task[None]] = set()
         self.on_health: Callable[[], None] = lambda: None
         self.share: LoadShare | None = None
         for config in configs:
@@ -210,6 +211,7 @@ class BackendPool:
             )
         member = Member(config, client, share=self.share)
         client.on_reconnect = lambda: self._reconnected(member)
+        client.on_connect = lambda: self._answering(member)
         self.members[config.name] = member
         return member
 
@@ -238,7 +240,7 @@ class BackendPool:
         self._tasks[member.name] = asyncio.create_task(self._watch(member), name=f"backend-{member.name}")
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._looks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -332,6 +334,14 @@ class BackendPool:
         except GenerationError as exc:
             member.last_error = str(exc)[:300]
         self.metrics.backend_queue.labels(backend=member.name).set(member.queue_length)
+
+    def _answering(self, member: Member) -> None:
+        """Its websocket connected: look at it now rather than at the next probe, so that a backend that
+        came up takes runs at once (a service started before its backend refused them until then)."""
+        if member.up is not True and member.name in self._tasks:
+            look = asyncio.create_task(self._look(member), name=f"look-{member.name}")
+            self._looks.add(look)
+            look.add_done_callback(self._looks.discard)
 
     def _reconnected(self, member: Member) -> None:
         self.metrics.reconnects.inc()

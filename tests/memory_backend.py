@@ -224,6 +224,7 @@ class MemoryBackend:
     def __init__(self, public_url: str = "http://comfy.test:8188") -> None:
         self._public_url = public_url
         self.on_reconnect: Callable[[], None] = lambda: None
+        self.on_connect: Callable[[], None] = lambda: None
         self.offered_classes: frozenset[str] = frozenset()  # none known: the pool leaves validation to it
         self.connected = True
         self.client_id = str(uuid.uuid4())

@@ -43,15 +43,8 @@ async def simulators(tmp_path: Path) -> AsyncIterator[SimFactory]:
 
 @contextlib.asynccontextmanager
 async def pool_service(tmp_path: Path, urls: list[str], **overrides: Any) -> AsyncIterator[Any]:
-    settings = service_settings(
-        tmp_path,
-        "http://127.0.0.1:8080",
-        backend_url=",".join(urls),
-        health_check_seconds=0.2,
-        backend_down_seconds=1.0,
-        keepalive_seconds=0.2,
-        **overrides,
-    )
+    values: dict[str, Any] = {"health_check_seconds": 0.2, "backend_down_seconds": 1.0, "keepalive_seconds": 0.2}
+    settings = service_settings(tmp_path, "http://127.0.0.1:8080", backend_url=",".join(urls), **(values | overrides))
     async with running_service(settings) as service:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
         try:
@@ -217,3 +210,17 @@ async def test_a_workflow_no_single_backend_can_run_fails_up_front(tmp_path: Pat
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=sampler(), backend_labels=["gpu"])))
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "labels" in str(info.value.details())
+
+
+async def test_a_backend_that_comes_up_after_the_service_takes_runs_once_its_socket_connects(
+    tmp_path: Path, simulators: SimFactory
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # Probed once a minute: only its websocket connecting can tell the service it answers now.
+    async with pool_service(tmp_path, [url], health_check_seconds=60.0) as stub:
+        await until_backend(stub, url, up=False)
+        await simulators("late", port=port)
+        await until_backend(stub, url, up=True)
+        events = await run_events(stub, workflow_json=sampler(steps=2, seconds=0.2))
+        assert events[-1].HasField("completed")

@@ -130,11 +130,13 @@ def call_options(
     """A call's keyword arguments: its own timeout and wait_for_ready, else the client's ``defaults``
     (the default timeout applies to unary calls only)."""
     default_timeout, default_wait = defaults
-    return {
+    options: dict[str, Any] = {
         "metadata": metadata,
         "timeout": timeout if timeout is not None or stream else default_timeout,
-        "wait_for_ready": default_wait if wait_for_ready is None else wait_for_ready,
     }
+    if default_wait if wait_for_ready is None else wait_for_ready:
+        options["wait_for_ready"] = True  # left out otherwise: gRPC's default, and what every channel takes
+    return options
 
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -50,12 +50,31 @@ class GenerationClient:
         wait_for_ready: bool = False,
     ) -> None:
         credentials = channel_credentials(tls, ca_pem, client_cert)
-        self._channel = (
+        channel = (
             grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
             if credentials
             else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         )
-        self._stub = pb_grpc.GenerationServiceStub(self._channel)
+        self._use(channel, token, timeout, wait_for_ready)
+
+    @classmethod
+    def over_channel(
+        cls,
+        channel: grpc.Channel,
+        *,
+        token: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        wait_for_ready: bool = False,
+    ) -> GenerationClient:
+        """A client over a channel the caller made (its own options, interceptors, or grpc_testing's
+        channel in unit tests); ``close()`` closes it."""
+        client = cls.__new__(cls)
+        client._use(channel, token, timeout, wait_for_ready)
+        return client
+
+    def _use(self, channel: grpc.Channel, token: str | None, timeout: float | None, wait_for_ready: bool) -> None:
+        self._channel = channel
+        self._stub = pb_grpc.GenerationServiceStub(channel)
         self._metadata = call_metadata(token)
         self.timeout, self.wait_for_ready = timeout, wait_for_ready
 
