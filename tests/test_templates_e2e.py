@@ -121,3 +121,14 @@ async def test_img2img_with_an_uploaded_image(stack: Stack) -> None:
     _, events = await run(stack, "sd35_image_to_image", {**params, "denoise": 1.0})
     (repainted,) = frames(await only_output(stack, events, pb.MEDIA_TYPE_IMAGE, "image/png"))
     assert repainted.shape == (40, 56, 3) and tuple(repainted[20, 28]) != (10, 200, 30)
+
+
+async def test_a_second_run_of_a_template_has_an_estimate_before_its_first_step(stack: Stack) -> None:
+    _, first = await run(stack, "ace_step_instrumental", {"tags": "calm piano", "seconds": "4", "steps": 4})
+    assert not next(e for e in first if e.HasField("started")).started.HasField("estimate")  # no basis yet
+    # Other parameters, same template: the measured durations are the template's on this backend.
+    _, second = await run(stack, "ace_step_instrumental", {"tags": "rainy evening", "seconds": "4", "steps": 4})
+    started = next(e for e in second if e.HasField("started")).started
+    assert started.estimate.basis == pb.ESTIMATE_BASIS_HISTORY
+    first_step = next(i for i, e in enumerate(second) if e.HasField("node_progress"))
+    assert next(i for i, e in enumerate(second) if e.HasField("started")) < first_step
