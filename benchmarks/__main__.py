@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only 1,2a,2b,3,4,5,6] [--out bench-results.json]``"""
+"""``python -m benchmarks [--quick] [--only 1,2a,2b,2c,3,4,5,6] [--out bench-results.json]``"""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks import common, gateway, overhead, pool, replicas, streams, transfer
+from benchmarks import common, gateway, overhead, pool, previews, replicas, streams, transfer
 from benchmarks.common import PROCESSES, Row, raise_fd_limit, render_table, rows_to_json, wait_for_quiet
 
-SCENARIOS = ("1", "2a", "2b", "3", "4", "5", "6")
+SCENARIOS = ("1", "2a", "2b", "2c", "3", "4", "5", "6")
 FULL: dict[str, Any] = {
     "runs": 300,
     "streams": 1000,
@@ -37,6 +37,11 @@ FULL: dict[str, Any] = {
     "gateway_seconds": 5.0,
     "gateway_scale": 1.0,
     "pool_runs": 60,
+    "preview_watchers": 1000,
+    "preview_runs": 100,
+    "preview_steps": 20,
+    "preview_seconds": 2.0,
+    "preview_repeats": 2,
     "pool_seconds": 0.5,
     "replica_repeats": 1,
     "takeover_trials": 10,
@@ -59,6 +64,11 @@ QUICK: dict[str, Any] = {
     "gateway_seconds": 1.0,
     "gateway_scale": 0.125,
     "pool_runs": 12,
+    "preview_watchers": 100,
+    "preview_runs": 10,
+    "preview_steps": 10,
+    "preview_seconds": 1.0,
+    "preview_repeats": 1,
     "pool_seconds": 0.2,
     "replica_repeats": 1,
     "takeover_trials": 2,
@@ -152,6 +162,7 @@ def main() -> int:
                 sizes["watch_channels"],
             ),
         ),
+        ("2c", lambda: previews.run(work, sizes)),
         ("3", lambda: transfer.run(work, sizes["transfer_mb"], sizes["transfer_repeats"])),
         ("4", lambda: gateway.run(work, sizes["gateway_seconds"], (16, 64), sizes["gateway_scale"])),
         ("5", lambda: pool.run(work, sizes["pool_runs"], 5, sizes["pool_seconds"])),

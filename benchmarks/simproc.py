@@ -83,6 +83,7 @@ async def serve(args: argparse.Namespace) -> None:
         frame_sent_hook=on_sent,
         parallel_prompts=args.parallel,
         model_step_seconds=0.01,
+        preview_method=args.preview_method,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--stalled", action="store_true")
+    parser.add_argument("--preview-method", default="none", help="as ComfyUI's: samplers send previews unless none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(serve(args))

@@ -43,12 +43,13 @@ class Sim:
         PROCESSES.stop(self.proc)
 
 
-def start_sim(work: Path, name: str, parallel: int = 1, stalled: bool = False) -> Sim:
+def start_sim(work: Path, name: str, parallel: int = 1, stalled: bool = False, previews: bool = False) -> Sim:
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     ready = folder / "ready.json"
     args = ["--data-dir", str(folder / "comfy"), "--ready-file", str(ready), "--frames-file", str(folder / "frames")]
     args += ["--parallel", str(parallel)] + (["--stalled"] if stalled else [])
+    args += ["--preview-method", "taesd"] if previews else []
     proc = PROCESSES.python("benchmarks.simproc", *args, stderr=(folder / "sim.log").open("wb"))
     info = json.loads(wait_for_file(ready, 60, proc))
     return Sim(proc, info["url"], folder / "frames")

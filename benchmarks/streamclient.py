@@ -34,7 +34,7 @@ CHANNEL_OPTIONS = [
 
 
 class Stream:
-    __slots__ = ("events", "first", "terminal", "error", "last_seq", "gaps", "prompt_id")
+    __slots__ = ("events", "first", "terminal", "error", "last_seq", "gaps", "prompt_id", "previews")
 
     def __init__(self) -> None:
         self.events = 0
@@ -44,6 +44,7 @@ class Stream:
         self.last_seq = 0
         self.gaps = 0
         self.prompt_id = ""
+        self.previews = 0
 
 
 class Recorder:
@@ -73,6 +74,9 @@ class Recorder:
         self.recv_ns.append(now)
         s.first.set()
         kind = event.WhichOneof("kind") or ""
+        if kind == "preview":  # not journaled: it carries the seq of the event before it
+            s.previews += 1
+            return
         if self.spec["mode"] == "echo":
             if kind == "node_progress":
                 self.echo_lat_ns.append(now - event.time.ToNanoseconds())
@@ -134,6 +138,7 @@ async def main(spec: dict[str, Any]) -> None:
         "completed": sum(1 for s in streams if s.terminal == "completed"),
         "errors": errors,
         "gaps": sum(s.gaps for s in streams),
+        "previews": sum(s.previews for s in streams),
         "events": sum(s.events for s in streams),
         "prompts": {v: k for k, v in rec.prompt_index.items()},
         "progress": rec.progress,

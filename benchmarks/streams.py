@@ -168,11 +168,11 @@ def generate_streams(work: Path, streams: int, steps: int, seconds: float, chann
     ]
 
 
-def submit_runs(targets: Sequence[str], workflows: list[str]) -> list[str]:
+def submit_runs(targets: Sequence[str], workflows: list[str], **spec: Any) -> list[str]:
     """Submits workflow k to ``targets[k % len(targets)]``; returns the run ids in order."""
     with contextlib.ExitStack() as stack:
         stubs = [pb_grpc.GenerationServiceStub(stack.enter_context(grpc.insecure_channel(t))) for t in targets]
-        specs = [pb.RunSpec(workflow_json=w, workflow_name="watch") for w in workflows]
+        specs = [pb.RunSpec(workflow_json=w, workflow_name="watch", **spec) for w in workflows]
         return [stubs[k % len(stubs)].Submit(pb.SubmitRequest(spec=spec)).run.run_id for k, spec in enumerate(specs)]
 
 
