@@ -203,10 +203,22 @@ class _Endpoints:
             raise HTTPException(400, "Last-Event-ID must be the seq of an event (a non-negative integer)")
         await self._record(run_id)  # 404 or 422 before the stream starts
         stream = event_stream(
-            self.catalog.store, run_id, int(resume), self._url_for(expires), self._preview_url(run_id, expires)
+            self.catalog.store,
+            run_id,
+            int(resume),
+            self._url_for(expires),
+            self._preview_url(run_id, expires),
+            lambda: self._ended(run_id),
         )
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass each event on at once
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+    def _ended(self, run_id: str) -> bool:
+        """Whether the run ended (or its record went away: nothing more will come either way)."""
+        try:
+            return self.catalog.record(run_id).status.is_terminal
+        except (OutputNotFound, RecordDamaged):
+            return True
 
     async def preview(self, request: Request) -> Response:
         """The run's latest preview image, while it has one."""

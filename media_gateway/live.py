@@ -22,6 +22,7 @@ from comfy_generation.runstore.schema import MAX_MESSAGE_CHARS, cut_text
 
 POLL_S = 0.25
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+ENDED_CHECK_S = 2.0  # how often a quiet stream looks whether its run ended without a terminal event
 PREVIEW_FILES = ("preview.jpg", "preview.png")
 MAX_PROBLEMS = 20
 
@@ -154,10 +155,17 @@ def _preview_version(store: RunStore, run_id: str) -> tuple[str, int] | None:
 
 
 async def event_stream(
-    store: RunStore, run_id: str, after_seq: int, url_for: UrlFor, preview_url: Callable[[str, int], str]
+    store: RunStore,
+    run_id: str,
+    after_seq: int,
+    url_for: UrlFor,
+    preview_url: Callable[[str, int], str],
+    ended: Callable[[], bool],
 ) -> AsyncIterator[bytes]:
-    """The run's events after ``after_seq`` as SSE, then live ones, ending after the terminal event."""
-    offset, quiet = 0, 0.0
+    """The run's events after ``after_seq`` as SSE, then live ones, ending after the terminal event, or
+    once ``ended()`` (blocking: a worker thread calls it) says the run ended without one (a run refused
+    before it was accepted has no events at all)."""
+    offset, quiet, ending = 0, 0.0, False
     preview: tuple[str, int] | None = None
     while True:
         try:
@@ -171,11 +179,16 @@ async def event_stream(
             yield sse(ev.kind_name(event.body), event_dict(event, url_for), event.seq)
             if event.is_terminal:
                 return
+        if ending:
+            return  # it ended without a terminal event (refused before it was accepted)
         current = await asyncio.to_thread(_preview_version, store, run_id)
         if current is not None and current != preview:
             preview = current
             yield sse("preview", {"run_id": run_id, "url": preview_url(*current)})
         quiet = 0.0 if events else quiet + POLL_S
+        if not events and quiet % ENDED_CHECK_S < POLL_S and await asyncio.to_thread(ended):
+            ending = True
+            continue  # one more read: whatever was journaled before it ended
         if quiet >= KEEPALIVE_S:
             quiet = 0.0
             yield b": keep-alive\n\n"

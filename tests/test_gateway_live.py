@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -177,3 +178,12 @@ async def test_the_run_page_follows_the_run_until_its_output_plays(stack: Stack,
     assert max(steps) >= 6 and len(set(rising)) >= 3 and rising == sorted(rising), steps  # the bar advanced
     assert result["previews"] >= 2  # the preview changed
     assert result["overall"] == "100% overall"
+
+
+async def test_the_events_of_a_run_refused_before_it_was_accepted_end_at_once(stack: Stack) -> None:
+    unknown = json.dumps({"1": {"class_type": "NoSuchNode", "inputs": {}}})
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(workflow_json=unknown)))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (run_id,) = [p.name for p in stack.runs_dir.iterdir() if p.is_dir()]  # recorded as failed, no events
+    assert await asyncio.wait_for(_sse(stack.http, f"/api/runs/{run_id}/events"), 20) == []
