@@ -312,18 +312,20 @@ async def test_the_shipped_grpc_front_spreads_calls_over_the_replicas(tmp_path: 
         )
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         try:
-            await asyncio.wait_for(channel.channel_ready(), 20)
-            stub = pb_grpc.GenerationServiceStub(channel)
-            runs = [await submit(stub, workflow_json=sampler(steps=2, seconds=0.2, color=i)) for i in range(4)]
-            for run in runs:  # streams through nginx, to whichever replica it picks
-                events = await watch_all(stub, run.run_id)
-                assert_one_continuous_run(events)
-                assert events[-1].HasField("completed")
+            async with asyncio.timeout(60):  # a call that nginx never answers fails here, not at pytest's limit
+                await channel.channel_ready()
+                stub = pb_grpc.GenerationServiceStub(channel)
+                runs = [await submit(stub, workflow_json=sampler(steps=2, seconds=0.2, color=i)) for i in range(4)]
+                for run in runs:  # streams through nginx, to whichever replica it picks
+                    events = await watch_all(stub, run.run_id)
+                    assert_one_continuous_run(events)
+                    assert events[-1].HasField("completed")
             assert {_owner(c.runs_dir, r.run_id) for r in runs} == {"replica-1", "replica-2"}
         finally:
             await channel.close()
-            nginx.send_signal(signal.SIGQUIT)
-            _, stderr = await nginx.communicate()
+            # Fast shutdown: a graceful one lets workers wait on open connections, holding stderr open.
+            nginx.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(nginx.communicate(), 20)
         assert b"[emerg]" not in stderr and b"[alert]" not in stderr, stderr.decode()
 
 
