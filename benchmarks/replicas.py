@@ -27,7 +27,15 @@ import grpc
 
 from benchmarks.common import PROCESSES, Row, load_window, percentile
 from benchmarks.stack import Redis, Service, Sim, start_redis, start_service, start_sim
-from benchmarks.streams import latencies_ms, merge_errors, phased_workflows, sampler_workflow, submit_runs, watch_case
+from benchmarks.streams import (
+    latencies_ms,
+    left_out,
+    merge_errors,
+    phased_workflows,
+    sampler_workflow,
+    submit_runs,
+    watch_case,
+)
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
 
@@ -75,7 +83,7 @@ def _load_case(
     lat = latencies_ms(results, frames)
     return {
         "lost": sum(r["streams"] - r["terminal"] for r in results),
-        "gaps": sum(r["gaps"] for r in results),
+        "left_out": left_out(results, services[0].runs_dir),
         "errors": merge_errors(results),
         "events": d["live_events"],
         "cpu_us": d["cpu"] / events * 1e6,
@@ -110,7 +118,9 @@ def watchers(
     case = f"{watchers} watchers on {runs} runs x {steps} progress / {seconds:g} s over {REPLICAS} replicas"
     case += f" vs 1 process, {procs} client procs, median of {len(spread)}"
     load = max(c["load"] for c in single + spread)
-    lost, lost_single = sum(c["lost"] for c in spread), sum(c["lost"] for c in single)
+    lost_events = sum(c["left_out"][1] for c in (*spread, *single))  # only progress may be left out
+    lost = sum(c["lost"] for c in spread) + lost_events
+    lost_single = sum(c["lost"] for c in single)
     cpu, cpu_single = med(spread, "cpu_us"), med(single, "cpu_us")
     redis = med(spread, "redis_us")
     per_replica = [statistics.median(c["split_us"][k] for c in spread) for k in range(REPLICAS)]
@@ -127,7 +137,8 @@ def watchers(
             "0",
             lost == 0,
             load,
-            f"gaps {sum(c['gaps'] for c in spread)} (1 process: {sum(c['gaps'] for c in single)}); "
+            f"progress coalesced {sum(c['left_out'][0] for c in spread)} "
+            f"(1 process: {sum(c['left_out'][0] for c in single)}), other events lost {lost_events}; "
             f"errors: {errors or 'none'} (1 process: {errors_single or 'none'})",
         ),
         Row(

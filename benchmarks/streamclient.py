@@ -34,7 +34,7 @@ CHANNEL_OPTIONS = [
 
 
 class Stream:
-    __slots__ = ("events", "first", "terminal", "error", "last_seq", "gaps", "prompt_id", "previews")
+    __slots__ = ("events", "first", "terminal", "error", "last_seq", "coalesced", "prompt_id", "previews")
 
     def __init__(self) -> None:
         self.events = 0
@@ -42,7 +42,7 @@ class Stream:
         self.terminal = ""
         self.error = ""
         self.last_seq = 0
-        self.gaps = 0
+        self.coalesced = 0  # events left out (seq gaps): only progress may be, which the bench checks
         self.prompt_id = ""
         self.previews = 0
 
@@ -56,6 +56,7 @@ class Recorder:
         self.progress: list[tuple[int, str, int, int]] = []  # (prompt index, node, value, recv ns)
         self.recv_ns: list[int] = []
         self.echo_lat_ns: list[int] = []
+        self.missing: dict[str, set[int]] = {}  # run id -> the seqs some stream of it did not get
 
     def _calls(self, ch: grpc.aio.Channel, i: int) -> AsyncIterable[pb.RunEvent]:
         mode = self.spec["mode"]
@@ -82,7 +83,8 @@ class Recorder:
                 self.echo_lat_ns.append(now - event.time.ToNanoseconds())
         else:
             if event.seq != s.last_seq + 1:
-                s.gaps += 1
+                s.coalesced += event.seq - s.last_seq - 1
+                self.missing.setdefault(event.run_id, set()).update(range(s.last_seq + 1, event.seq))
             s.last_seq = event.seq
             if kind == "accepted":
                 s.prompt_id = event.accepted.prompt_id
@@ -137,7 +139,8 @@ async def main(spec: dict[str, Any]) -> None:
         "terminal": sum(1 for s in streams if s.terminal),
         "completed": sum(1 for s in streams if s.terminal == "completed"),
         "errors": errors,
-        "gaps": sum(s.gaps for s in streams),
+        "coalesced": sum(s.coalesced for s in streams),
+        "missing": {run_id: sorted(seqs) for run_id, seqs in rec.missing.items()},
         "previews": sum(s.previews for s in streams),
         "events": sum(s.events for s in streams),
         "prompts": {v: k for k, v in rec.prompt_index.items()},

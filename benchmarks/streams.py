@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ from benchmarks.common import (
     wait_for_file,
 )
 from benchmarks.stack import Sim, start_service, start_sim
+from comfy_generation.runstore import RunStore
+from comfy_generation.runstore import events as ev
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
 
@@ -87,6 +90,21 @@ def latencies_ms(results: list[dict[str, Any]], frames: list[tuple[str, str, int
     return lat
 
 
+def left_out(results: list[dict[str, Any]], runs_dir: Path) -> tuple[int, int]:
+    """(progress events coalesced, other events lost) over every stream: the seqs streams did not get,
+    looked up in the runs' journals. Only ``node_progress`` may be left out (a newer one replaced it)."""
+    lost = 0
+    store = RunStore(runs_dir)
+    missing: dict[str, set[int]] = {}
+    for r in results:
+        for run_id, seqs in r["missing"].items():
+            missing.setdefault(run_id, set()).update(seqs)
+    for run_id, seqs in missing.items():
+        journal = {e.seq: e for e in store.read_events(run_id)}
+        lost += sum(1 for seq in seqs if not isinstance(journal[seq].body, ev.NodeProgress))
+    return sum(r["coalesced"] for r in results), lost
+
+
 def merge_errors(results: list[dict[str, Any]]) -> dict[str, int]:
     errors: dict[str, int] = {}
     for r in results:
@@ -117,6 +135,7 @@ def generate_streams(work: Path, streams: int, steps: int, seconds: float, chann
     finally:
         service.stop()
         sim.stop()
+    coalesced, lost = left_out(results, service.runs_dir)
     lat = latencies_ms(results, frames)
     errors = merge_errors(results)
     n_err = sum(r["streams"] - r["completed"] for r in results)
@@ -124,8 +143,10 @@ def generate_streams(work: Path, streams: int, steps: int, seconds: float, chann
     case = f"{streams} Generate streams x {steps} progress / {seconds:g} s"
     load = window.foreign_cores
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
-    gaps = sum(r["gaps"] for r in results)
-    note = f"{len(lat)}/{progress_frames} progress events matched; errors: {errors or 'none'}; gaps {gaps}"
+    note = (
+        f"{len(lat)}/{progress_frames} progress events delivered and matched, {coalesced} coalesced; "
+        f"other events lost {lost}; errors: {errors or 'none'}"
+    )
     return [
         Row(
             "2a streams",
@@ -139,7 +160,7 @@ def generate_streams(work: Path, streams: int, steps: int, seconds: float, chann
             load,
             "backend frame sent -> client event",
         ),
-        Row("2a streams", case, "event latency p99", p99, None, "ms", "<= 50 ms", p99 <= 50, load, note),
+        Row("2a streams", case, "event latency p99", p99, None, "ms", "<= 200 ms", p99 <= 200, load, note),
         Row(
             "2a streams",
             case,
@@ -152,7 +173,18 @@ def generate_streams(work: Path, streams: int, steps: int, seconds: float, chann
             load,
             f"{rss0.start_mb:.0f} MB before",
         ),
-        Row("2a streams", case, "streams not completed / errors", float(n_err), None, "", "0", n_err == 0, load, ""),
+        Row(
+            "2a streams",
+            case,
+            "streams not completed / errors / events lost",
+            float(n_err + lost),
+            None,
+            "",
+            "0",
+            n_err + lost == 0,
+            load,
+            "",
+        ),
         Row(
             "2a streams",
             case,
@@ -223,134 +255,148 @@ def watch_case(
     }
 
 
-def watchers(work: Path, watchers: int, runs: int, steps: int, seconds: float, procs: int, channels: int) -> list[Row]:
-    timeout = seconds * 6 + 180
-    base = {"streams": watchers, "channels": channels, "runs": runs}
-    # the bare echo first
-    ready = work / "echo.ready"
+def _echo_round(work: Path, tag: str, base: dict[str, Any], steps: int, seconds: float, procs: int) -> dict[str, Any]:
+    ready = work / f"{tag}.ready"
     echo = PROCESSES.python(
         "benchmarks.echo",
         "--runs",
-        str(runs),
+        str(base["runs"]),
         "--steps",
         str(steps),
         "--seconds",
         str(seconds),
         "--ready-file",
         str(ready),
-        stderr=(work / "echo.log").open("wb"),
+        stderr=(work / f"{tag}.log").open("wb"),
     )
     try:
         port = json.loads(wait_for_file(ready, 30, echo))["port"]
-        e = watch_case(
-            work,
-            "echo",
-            [echo.pid],
-            dict(base, mode="echo", target=f"127.0.0.1:{port}"),
-            procs,
-            lambda: os.kill(echo.pid, signal.SIGUSR2),
-            timeout,
-        )
+        spec = dict(base, mode="echo", target=f"127.0.0.1:{port}")
+        d = watch_case(work, tag, [echo.pid], spec, procs, lambda: os.kill(echo.pid, signal.SIGUSR2), seconds * 6 + 180)
     finally:
         PROCESSES.stop(echo)
-    # the service
-    sim: Sim = start_sim(work, "watch-sim", parallel=runs + 10, stalled=True)
-    service = start_service(work, "watch-service", sim.url, max_runs_in_flight=max(1000, runs + 10))
+    d["latency"] = [x / 1e6 for r in d["results"] for x in r["echo_lat_ns"]]
+    d["coalesced"], d["lost_events"] = 0, 0
+    return d
+
+
+def _service_round(
+    work: Path, tag: str, base: dict[str, Any], steps: int, seconds: float, procs: int
+) -> dict[str, Any]:
+    runs = base["runs"]
+    sim: Sim = start_sim(work, f"{tag}-sim", parallel=runs + 10, stalled=True)
+    service = start_service(work, f"{tag}-service", sim.url, max_runs_in_flight=max(1000, runs + 10))
     try:
         run_ids = submit_runs([service.target], phased_workflows(runs, steps, seconds))
-        s = watch_case(
-            work,
-            "watch",
-            [service.pid],
-            dict(base, mode="watch", target=service.target, run_ids=run_ids),
-            procs,
-            sim.release,
-            timeout,
-        )
+        spec = dict(base, mode="watch", target=service.target, run_ids=run_ids)
+        d = watch_case(work, tag, [service.pid], spec, procs, sim.release, seconds * 6 + 180)
         frames = sim.frames()
     finally:
         service.stop()
         sim.stop()
-    e_lat = [x / 1e6 for r in e["results"] for x in r["echo_lat_ns"]]
-    s_lat = latencies_ms(s["results"], frames)
-    case = f"{watchers} watchers on {runs} runs x {steps} progress / {seconds:g} s"
-    case += f", {procs} client procs x {channels} conns"
-    rows = []
-    for d in (s, e):
-        lost = sum(r["streams"] - r["terminal"] for r in d["results"])
-        d["lost"] = lost
+    d["latency"] = latencies_ms(d["results"], frames)
+    d["coalesced"], d["lost_events"] = left_out(d["results"], service.runs_dir)
+    return d
+
+
+def watchers(
+    work: Path, watchers: int, runs: int, steps: int, seconds: float, procs: int, channels: int, repeats: int = 1
+) -> list[Row]:
+    """The service and the bare echo, alternately ``repeats`` times each; figures are the medians of
+    the rounds, with every round's figure in the note."""
+    base = {"streams": watchers, "channels": channels, "runs": runs}
+    echoes, services = [], []
+    for k in range(repeats):
+        echoes.append(_echo_round(work, f"echo-{k}", base, steps, seconds, procs))
+        services.append(_service_round(work, f"watch-{k}", base, steps, seconds, procs))
+    for d in (*echoes, *services):
+        d["lost"] = sum(r["streams"] - r["terminal"] for r in d["results"])
         d["errors"] = merge_errors(d["results"])
         d["cpu_us"] = d["cpu"] / max(1, d["live_events"]) * 1e6
-    load = max(s["window"].foreign_cores, e["window"].foreign_cores)
-    ratio_ok = s["cpu_us"] <= 2 * e["cpu_us"]
-    rows.append(
+        d["p50"], d["p99"] = percentile(d["latency"], 50), percentile(d["latency"], 99)
+    case = f"{watchers} watchers on {runs} runs x {steps} progress / {seconds:g} s"
+    case += f", {procs} client procs x {channels} conns, median of {repeats}"
+    load = max(d["window"].foreign_cores for d in (*echoes, *services))
+
+    def median(rounds: list[dict[str, Any]], key: str) -> float:
+        return float(statistics.median(d[key] for d in rounds))
+
+    def each(key: str, fmt: str = ".0f") -> str:
+        def listed(rounds: list[dict[str, Any]]) -> str:
+            return ", ".join(format(d[key], fmt) for d in rounds)
+
+        return f"service {listed(services)}; echo {listed(echoes)}"
+
+    lost = sum(d["lost"] for d in services)
+    lost_events = sum(d["lost_events"] for d in services)
+    errors = {k: v for d in services for k, v in d["errors"].items()}
+    echo_errors = {k: v for d in echoes for k, v in d["errors"].items()}
+    p99, echo_p99 = median(services, "p99"), median(echoes, "p99")
+    cpu, echo_cpu = median(services, "cpu_us"), median(echoes, "cpu_us")
+    delivered = sum(d["live_events"] for d in services)
+    coalesced = sum(d["coalesced"] for d in services)
+    return [
         Row(
             "2b watchers",
             case,
-            "streams lost",
-            float(s["lost"]),
-            float(e["lost"]),
+            "streams lost / other events lost",
+            float(lost + lost_events),
+            float(sum(d["lost"] for d in echoes)),
             "",
             "0",
-            s["lost"] == 0,
-            s["window"].foreign_cores,
-            f"service errors: {s['errors'] or 'none'}; echo errors: {e['errors'] or 'none'}",
-        )
-    )
-    rows.append(
+            lost + lost_events == 0,
+            load,
+            f"streams lost {lost}, events other than progress lost {lost_events}; service errors: "
+            f"{errors or 'none'}; echo errors: {echo_errors or 'none'}",
+        ),
         Row(
             "2b watchers",
             case,
             "event latency p50",
-            percentile(s_lat, 50),
-            percentile(e_lat, 50),
+            median(services, "p50"),
+            median(echoes, "p50"),
             "ms",
             "",
             None,
-            s["window"].foreign_cores,
-            "service: backend frame -> watcher; echo: broadcast -> watcher",
-        )
-    )
-    rows.append(
+            load,
+            f"service: backend frame -> watcher; echo: broadcast -> watcher; {each('p50')}",
+        ),
         Row(
             "2b watchers",
             case,
             "event latency p99",
-            percentile(s_lat, 99),
-            percentile(e_lat, 99),
+            p99,
+            echo_p99,
             "ms",
-            "<= 50 ms",
-            percentile(s_lat, 99) <= 50,
-            s["window"].foreign_cores,
-            f"echo load {e['window'].foreign_cores:.2f}",
-        )
-    )
-    rows.append(
+            "ratio <= 2",
+            p99 <= 2 * echo_p99,
+            load,
+            each("p99"),
+        ),
         Row(
             "2b watchers",
             case,
             "server CPU per delivered event",
-            s["cpu_us"],
-            e["cpu_us"],
+            cpu,
+            echo_cpu,
             "us",
-            "ratio <= 2",
-            ratio_ok,
+            "ratio <= 1",
+            cpu <= echo_cpu,
             load,
-            f"live events delivered: service {s['live_events']}, echo {e['live_events']}",
-        )
-    )
-    rows.append(
+            f"{each('cpu_us', '.1f')}; service delivered {delivered} live events, coalesced {coalesced} progress "
+            f"({coalesced / max(1, delivered + coalesced):.1%}); "
+            f"echo delivered {sum(d['live_events'] for d in echoes)}",
+        ),
         Row(
             "2b watchers",
             case,
             "server peak RSS",
-            s["peak"],
-            e["peak"],
+            median(services, "peak"),
+            median(echoes, "peak"),
             "MB",
             "",
             None,
             load,
-            f"all streams open after {s['opened_s']:.1f} s (echo {e['opened_s']:.1f} s)",
-        )
-    )
-    return rows
+            f"all streams open after {median(services, 'opened_s'):.1f} s (echo {median(echoes, 'opened_s'):.1f} s)",
+        ),
+    ]

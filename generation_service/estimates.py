@@ -9,6 +9,7 @@ are shared by replicas on the same storage. Where neither says anything, there i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 ESTIMATES_FILE = "estimates.json"
 MAX_PROFILES = 2000  # (backend, workflow) pairs kept; the oldest go first
 MAX_FILE_BYTES = 8 * 1024 * 1024
+WRITE_INTERVAL_S = 1.0  # the book's file is rewritten at most this often
 WEIGHT_OF_NEWEST = 0.5  # how much a new measurement moves a profile (an exponential average)
 # Inputs that change every run without changing its duration: left out of a workflow's fingerprint.
 _VOLATILE_INPUTS = frozenset({"seed", "noise_seed", "filename_prefix"})
@@ -74,7 +76,8 @@ class DurationBook:
     def __init__(self, root: Path | None) -> None:
         self.path = root / ESTIMATES_FILE if root is not None else None
         self._profiles: dict[str, Profile] = self._load()
-        self._lock = asyncio.Lock()
+        self._dirty = False
+        self._writer: asyncio.Task[None] | None = None
 
     def get(self, backend: str, key: str) -> Profile | None:
         return self._profiles.get(f"{backend} {key}")
@@ -91,12 +94,34 @@ class DurationBook:
         self.remember(name, old.merged(profile) if old is not None else profile)
         if self.path is None:
             return
+        self._dirty = True
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_while_dirty(), name="durations")
+
+    async def _write_while_dirty(self) -> None:
+        """Write the book now, then at most every WRITE_INTERVAL_S while runs keep ending: a burst of
+        runs ending together writes it a few times, not once per run."""
+        while self._dirty:
+            await self._write()
+            await asyncio.sleep(WRITE_INTERVAL_S)
+
+    async def _write(self) -> None:
+        assert self.path is not None
+        self._dirty = False
         text = json.dumps({k: vars(p) for k, p in self._profiles.items()}, separators=(",", ":"))
-        async with self._lock:
-            try:
-                await asyncio.to_thread(write_text_atomic, self.path, text, False)
-            except OSError as exc:  # an estimate is not worth failing a run for
-                logger.warning("could not write %s: %s", self.path, exc)
+        try:
+            await asyncio.to_thread(write_text_atomic, self.path, text, False)
+        except OSError as exc:  # an estimate is not worth failing a run for
+            logger.warning("could not write %s: %s", self.path, exc)
+
+    async def close(self) -> None:
+        """Write what the last runs measured (the service is stopping)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        if self._dirty:
+            await self._write()
 
     def _load(self) -> dict[str, Profile]:
         if self.path is None:

@@ -34,6 +34,22 @@ class Metrics:
         self.streams = Gauge(
             "generation_active_streams", "Open server streams, by RPC", ["rpc"], registry=self.registry
         )
+        self.events_sent = Counter(
+            "generation_stream_events_sent_total",
+            "Events sent on server streams, by RPC",
+            ["rpc"],
+            registry=self.registry,
+        )
+        self.events_encoded = Counter(
+            "generation_stream_events_encoded_total",
+            "Events converted and serialized for sending (once per event, however many streams send it)",
+            registry=self.registry,
+        )
+        self.progress_coalesced = Counter(
+            "generation_stream_progress_coalesced_total",
+            "node_progress events a stream that fell behind skipped: a newer one for the node replaced them",
+            registry=self.registry,
+        )
         self.runs_in_flight = Gauge(
             "generation_runs_in_flight", "Runs accepted and not yet ended", registry=self.registry
         )

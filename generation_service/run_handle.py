@@ -52,14 +52,20 @@ class RunView(Protocol):
 class EventLog:
     """A run's events in memory, numbered from 1, readable by any number of watchers from any point.
 
+    A watcher that falls behind gets progress coalesced: a ``node_progress`` event is skipped when a newer
+    one for the same node is already in the log (the watcher gets that one at its place), so the watcher
+    catches up, and its seq shows a gap. It never misses any other event.
+
     Beside them, one slot holds the run's latest preview: a watcher gets it at its place in the stream
     (after the event whose seq it carries) if no newer preview replaced it by the time the watcher gets
-    there. So a watcher that falls behind gets the newest preview, never a backlog of them, and every
-    other event.
+    there. So a watcher that falls behind gets the newest preview, never a backlog of them.
     """
 
     def __init__(self, past: Sequence[ev.RunEvent] = ()) -> None:
-        self._events: list[ev.RunEvent] = list(past)
+        self._events: list[ev.RunEvent] = []
+        self._newest_progress: dict[str, int] = {}  # node id -> seq of its newest node_progress event
+        for event in past:
+            self._add(event)
         self._wakeup = asyncio.Event()
         self.closed = False  # no more events will come here (the run ended, or is followed elsewhere)
         self.preview: ev.RunEvent | None = None  # its body is an ev.Preview
@@ -77,8 +83,18 @@ class EventLog:
         return self._events
 
     def append(self, event: ev.RunEvent) -> None:
-        self._events.append(event)
+        self._add(event)
         self._wake()
+
+    def _add(self, event: ev.RunEvent) -> None:
+        self._events.append(event)
+        if isinstance(event.body, ev.NodeProgress):
+            self._newest_progress[event.body.node_id] = event.seq
+
+    def superseded(self, event: ev.RunEvent) -> bool:
+        """Whether ``event`` is a ``node_progress`` event older than the newest one for its node."""
+        body = event.body
+        return isinstance(body, ev.NodeProgress) and self._newest_progress[body.node_id] > event.seq
 
     def show_preview(self, event: ev.RunEvent) -> None:
         """Replace the latest preview (``event.seq`` is the seq of the latest event before it)."""
@@ -108,6 +124,8 @@ class EventLog:
                     break
                 event = self._events[index]
                 index += 1
+                if self.superseded(event):
+                    continue
                 yield event
                 if event.is_terminal:
                     return

@@ -18,8 +18,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from comfy_generation.runstore import RunOptions, RunStore
-from comfygen.v1 import generation_pb2 as pb
-from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service.auth import BearerTokenInterceptor
 from generation_service.errors import GenerationError
 from generation_service.estimates import DurationBook
@@ -32,7 +30,7 @@ from generation_service.replicas.link import RedisLink
 from generation_service.replicas.runner import ReplicaRunner
 from generation_service.replicas.shared_durations import SharedDurations
 from generation_service.runner import Runner
-from generation_service.servicer import GenerationServicer
+from generation_service.servicer import SERVICE_NAME, GenerationServicer, add_to_server
 from generation_service.settings import Settings
 from generation_service.storage_health import StorageHealth
 from generation_service.swarm_discovery import SwarmCredentials, SwarmDiscovery
@@ -40,7 +38,6 @@ from generation_service.templating import TemplateCatalog, TemplateLoadError
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -65,7 +62,7 @@ async def create_server(
     largest = max(MAX_MESSAGE_BYTES, settings.max_input_media_bytes + 1024 * 1024)
     options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", largest)]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    pb_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(runner, metrics), server)
+    add_to_server(GenerationServicer(runner, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
@@ -150,6 +147,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         else Runner(RunStore(settings.runs_dir), pool, policy, **common)
     )
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(policy.durations.close)  # after the runner closed: its runs measured last
         if link is not None:
             await stack.enter_async_context(following_redis(link))
         await pool.start()

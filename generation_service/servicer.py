@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from comfy_generation.runstore import events as ev
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
 from generation_service import run_index
@@ -29,8 +30,8 @@ from generation_service.convert import (
     spec_from_proto,
     statuses_from_proto,
     template_to_proto,
-    to_proto,
 )
+from generation_service.encoded_events import EncodedEvents
 from generation_service.errors import (
     BackendProtocolError,
     BackendUnavailable,
@@ -79,21 +80,45 @@ LIST_PAGE_BUDGET_BYTES = 2 * 1024 * 1024
 MAX_CANCEL_REASON = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 T = TypeVar("T")
+
+
+def add_to_server(servicer: GenerationServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except for the two event streams: they send each event as bytes
+    encoded once (``EncodedEvents``), so their serializer passes bytes through."""
+    streams: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate, request_deserializer=pb.GenerateRequest.FromString, response_serializer=_as_is
+        ),
+        "WatchRun": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchRun, request_deserializer=pb.WatchRunRequest.FromString, response_serializer=_as_is
+        ),
+    }
+    # Generic handlers are asked in order: these two answer first, the generated one all the others.
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, streams)])
+    pb_grpc.add_GenerationServiceServicer_to_server(servicer, server)
+
+
+def _as_is(wire: bytes) -> bytes:
+    return wire
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
     def __init__(self, runner: Runner, metrics: Metrics) -> None:
         self.runner = runner
         self.metrics = metrics
+        self.encoded = EncodedEvents(metrics.events_encoded)
 
-    async def Generate(self, request: pb.GenerateRequest, context: Context) -> AsyncIterator[pb.GenerateResponse]:
+    async def Generate(  # type: ignore[override]  # it sends encoded replies: see add_to_server
+        self, request: pb.GenerateRequest, context: Context
+    ) -> AsyncIterator[bytes]:
+        """Yields serialized ``GenerateResponse`` messages (see ``add_to_server``)."""
         handle = await _call(context, lambda: self.runner.start(spec_from_proto(request.spec)))
         ended = False
         try:
-            with self.metrics.streams.labels(rpc="Generate").track_inprogress():
-                async for event in handle.events():
-                    yield pb.GenerateResponse(event=to_proto(event))
+            async for reply in self._sent("Generate", handle.events()):
+                yield reply
             ended = True
         finally:
             if not ended and request.on_disconnect != pb.DISCONNECT_POLICY_DETACH:
@@ -106,11 +131,24 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
 
         return await _call(context, submit)
 
-    async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.WatchRunResponse]:
+    async def WatchRun(  # type: ignore[override]  # it sends encoded replies: see add_to_server
+        self, request: pb.WatchRunRequest, context: Context
+    ) -> AsyncIterator[bytes]:
+        """Yields serialized ``WatchRunResponse`` messages (see ``add_to_server``)."""
         events = await _call(context, lambda: self.runner.watch(request.run_id, request.after_seq))
-        with self.metrics.streams.labels(rpc="WatchRun").track_inprogress():
+        async for reply in self._sent("WatchRun", events, request.after_seq):
+            yield reply
+
+    async def _sent(self, rpc: str, events: AsyncIterator[ev.RunEvent], after_seq: int = 0) -> AsyncIterator[bytes]:
+        """The events as sent, counted; a seq gap is the progress coalesced for this stream."""
+        sent, last_seq = self.metrics.events_sent.labels(rpc=rpc), after_seq
+        with self.metrics.streams.labels(rpc=rpc).track_inprogress():
             async for event in events:
-                yield pb.WatchRunResponse(event=to_proto(event))
+                if event.seq > last_seq + 1:
+                    self.metrics.progress_coalesced.inc(event.seq - last_seq - 1)
+                last_seq = event.seq
+                sent.inc()
+                yield self.encoded.response(event)
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         return pb.GetRunResponse(run=await _call(context, lambda: _as_proto(self.runner.get(request.run_id))))

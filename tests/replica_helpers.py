@@ -104,12 +104,6 @@ def sampler(steps: int, seconds: float, color: int = 0xABCDEF) -> str:
     return json.dumps(graph)
 
 
-def assert_one_continuous_run(events: list[pb.RunEvent]) -> None:
-    assert [e.seq for e in events] == list(range(1, len(events) + 1)), [e.seq for e in events]
-    terminal = [e for e in events if e.WhichOneof("kind") in ("completed", "failed", "cancelled")]
-    assert terminal == [events[-1]], [e.WhichOneof("kind") for e in events]
-
-
 async def submit(stub: Any, **spec: Any) -> pb.Run:
     reply = await stub.Submit(pb.SubmitRequest(spec=pb.RunSpec(**spec)))
     return reply.run

@@ -49,3 +49,14 @@ def service_settings(tmp_path: Path, gateway_url: str, **overrides: object) -> S
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+async def scrape(stack: Stack) -> dict[str, float]:
+    """The service's metrics (it runs with ``metrics_listen``), by sample name with its labels."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{stack.service.metrics_port}/metrics")).text
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 
 from browser_helpers import DevTools
+from event_checks import assert_coalesced_seqs, read_journal
+from generation_client import event_to_dict
 from stack_helpers import REPO, Stack
 
 EXAMPLES = REPO / "examples"
@@ -94,10 +96,15 @@ async def test_the_fastapi_app_relays_a_run_as_server_sent_events(stack: Stack) 
         refused = await http.post("/runs", json={"prompt": "x", "steps": 0})
 
     events = sse(body)
-    assert [seq for seq, _ in events] == list(range(1, len(events) + 1)) == [e["seq"] for _, e in events]
+    journal = read_journal(stack.runs_dir, run_id)
+    assert [seq for seq, _ in events] == [e["seq"] for _, e in events]
+    assert_coalesced_seqs([seq for seq, _ in events], journal)  # every event (progress coalesced when behind)
+    assert [e for _, e in events] == [event_to_dict(j) for j in journal if j.seq in {seq for seq, _ in events}]
     assert events[0][1]["type"] == "accepted" and events[-1][1]["type"] == "completed"
     assert events[-1][1]["outputs"][0]["mime"] == "image/png"
-    assert [seq for seq, _ in sse(resumed)] == list(range(3, len(events) + 1))  # Last-Event-ID: 2
+    resumed_seqs = [seq for seq, _ in sse(resumed)]  # Last-Event-ID: 2
+    assert_coalesced_seqs(resumed_seqs, journal[2:])
+    assert resumed_seqs[-1] == len(journal)
     assert unknown.status_code == 404
     assert refused.status_code == 422 and "params.steps" in refused.json()["violations"]
 
@@ -117,7 +124,8 @@ async def test_a_browser_event_source_reconnects_with_last_event_id(stack: Stack
 
     ids = [r["id"] for r in received]
     assert opened >= 2  # the EventSource connected again after the server died
-    assert ids == list(range(1, len(ids) + 1)) == [r["event"]["seq"] for r in received]  # no gap, no repeat
+    assert ids == [r["event"]["seq"] for r in received] and ids[0] == 1
+    assert_coalesced_seqs(ids, read_journal(stack.runs_dir, received[0]["event"]["run_id"]))  # no repeat, no loss
     assert received[-1]["event"]["type"] == "completed"
     assert shown == received[-1]["event"]["outputs"][0]["url"]
     requests = [r for r in devtools.responses(session) if r["url"].endswith("/events")]

@@ -19,7 +19,7 @@ from comfy_generation.logformat import JsonFormatter, TextFormatter
 from comfy_generation.runstore import signature_problem
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
-from stack_helpers import SIM_WORKFLOWS, Stack, StackFactory
+from stack_helpers import SIM_WORKFLOWS, Stack, StackFactory, scrape
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -49,28 +49,12 @@ async def test_health_follows_the_backend(stack_factory: StackFactory) -> None:
     await channel.close()
 
 
-async def scrape(stack: Stack) -> dict[str, float]:
-    async with httpx.AsyncClient() as http:
-        text = (await http.get(f"http://127.0.0.1:{stack.service.metrics_port}/metrics")).text
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-
-
 async def test_metrics_count_a_real_run(stack_factory: StackFactory) -> None:
     stack = await stack_factory(metrics_listen="127.0.0.1:0")
     events = [reply.event async for reply in stack.stub.Generate(pb.GenerateRequest(spec=image_request()))]
     assert events[-1].HasField("completed")
     size = events[-1].completed.outputs[0].size_bytes
-    async with httpx.AsyncClient() as http:
-        text = (await http.get(f"http://127.0.0.1:{stack.service.metrics_port}/metrics")).text
-    samples = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
+    samples = await scrape(stack)
     assert samples['generation_runs_total{outcome="completed",template=""}'] == 1
     assert samples["generation_output_bytes_downloaded_total"] == size
     assert samples["generation_execution_seconds_count"] == 1

@@ -19,6 +19,7 @@ import pytest
 from comfy_generation.runstore import RunStore
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
+from event_checks import assert_one_run
 from generation_service.server import running_service
 from process_helpers import SimProcess, free_port, start_simulator
 from stack_helpers import SIM_WORKFLOWS, service_settings
@@ -67,12 +68,6 @@ async def run_events(stub: Any, **fields: Any) -> list[pb.RunEvent]:
     return [reply.event async for reply in stub.Generate(pb.GenerateRequest(spec=pb.RunSpec(**fields)))]
 
 
-def assert_one_continuous_run(events: list[pb.RunEvent]) -> None:
-    assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    terminal = [e for e in events if e.WhichOneof("kind") in ("completed", "failed", "cancelled")]
-    assert terminal == [events[-1]]
-
-
 async def until_backend(stub: Any, url: str, up: bool) -> None:
     async with asyncio.timeout(20):
         while True:
@@ -104,7 +99,7 @@ async def test_runs_spread_by_load_and_capability(tmp_path: Path, simulators: Si
         results = await asyncio.gather(*(one(i) for i in range(30)))
     placed: Counter[str] = Counter()
     for blur, events in results:
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         assert events[-1].HasField("completed"), events[-1]
         backend = events[0].accepted.backend
         placed[backend] += 1
@@ -143,7 +138,7 @@ async def test_a_killed_backend_loses_its_runs_to_the_others(
 
         for run in queued:
             events = results[run.run_id]
-            assert_one_continuous_run(events)
+            assert_one_run(events)
             assert events[-1].HasField("completed"), events[-1]
             moved = [e for e in events if e.HasField("queued") and e.queued.backend]
             assert [e.queued.backend for e in moved] == [spare.url]
@@ -151,7 +146,7 @@ async def test_a_killed_backend_loses_its_runs_to_the_others(
             assert got.backend == spare.url and len(got.outputs) == 1
             assert await history_has(spare.url, got.prompt_id)
         events = results[running.run_id]
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         if retry:
             assert events[-1].HasField("completed"), events[-1]
             assert RunStore(tmp_path / "runs").read_record(running.run_id).retried

@@ -16,9 +16,10 @@ import pytest
 from comfy_simulator import Simulator, SimulatorSettings, running
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
+from event_checks import assert_one_run
 from generation_service.server import running_service
 from stack_helpers import service_settings
-from test_pool import assert_one_continuous_run, sampler
+from test_pool import sampler
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ async def test_discovered_backends_are_pinned_on_every_request(swarm: Simulator,
     runs = await asyncio.gather(one(), one())
     placed = set()
     for events in runs:
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         assert events[-1].HasField("completed")
         assert [e for e in events if e.HasField("node_progress")]  # live frames: the websocket is pinned too
         backend_id = events[0].accepted.backend.removeprefix("swarm-")
@@ -88,7 +89,7 @@ async def test_a_backend_that_disappears_fails_its_executing_runs(swarm: Simulat
     async with aiohttp.ClientSession() as http, http.delete(f"{swarm.comfy_url}/sim/backends/{backend_id}") as resp:
         assert resp.status == 200
     events = [reply.event async for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
-    assert_one_continuous_run(events)
+    assert_one_run(events)
     assert events[-1].failed.code == pb.FAILURE_CODE_BACKEND_LOST
     names = [b.name for b in (await stub.ListBackends(pb.ListBackendsRequest())).backends]
     assert run.backend not in names and len(names) == 1

@@ -20,11 +20,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from comfygen.v1 import generation_pb2 as pb
 from comfygen.v1 import generation_pb2_grpc as pb_grpc
+from event_checks import assert_coalesced, assert_one_run, coalesced, read_journal
 from generation_client import AsyncGenerationClient
 from process_helpers import free_port
 from replica_helpers import (
     TAKEOVER_S,
-    assert_one_continuous_run,
     cancel,
     cluster,
     get_run,
@@ -40,15 +40,16 @@ async def test_a_run_started_on_one_replica_is_watched_got_listed_and_cancelled_
         one, two, three = c.replicas
         run = await submit(one.stub, workflow_json=sampler(steps=5, seconds=0.5))
         events = await watch_all(two.stub, run.run_id)
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         assert events[-1].HasField("completed")
         got = await get_run(three.stub, run.run_id)
         assert got.status == pb.RUN_STATUS_COMPLETED and got.last_seq == events[-1].seq
         assert [o.sha256 for o in got.outputs] == [o.sha256 for o in events[-1].completed.outputs]
         listed = await three.stub.ListRuns(pb.ListRunsRequest())
         assert [r.run_id for r in listed.runs] == [run.run_id]
-        # Replayed on a replica that was not watching, after the fact, from any seq.
-        assert [e.seq for e in await watch_all(three.stub, run.run_id, after_seq=2)] == [e.seq for e in events[2:]]
+        # Replayed on a replica that was not watching, after the fact, from any seq (each node's last progress).
+        journal = read_journal(c.runs_dir, run.run_id)
+        assert await watch_all(three.stub, run.run_id, after_seq=2) == coalesced(journal[2:])
 
         slow = await submit(one.stub, workflow_json=sampler(steps=200, seconds=60, color=1))
         async for event in watch(three.stub, slow.run_id):
@@ -57,7 +58,7 @@ async def test_a_run_started_on_one_replica_is_watched_got_listed_and_cancelled_
         cancelled = await cancel(two.stub, slow.run_id, reason="from replica two")
         assert cancelled.status == pb.RUN_STATUS_CANCELLED and cancelled.cancel_reason == "from replica two"
         events = await watch_all(three.stub, slow.run_id)
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         assert events[-1].HasField("cancelled")
 
 
@@ -100,7 +101,7 @@ async def test_a_killed_owner_loses_its_run_to_another_replica_and_its_watchers_
 
         assert new_owner in ("replica-2", "replica-3")
         assert taken_after <= TAKEOVER_S + 5, taken_after  # the bound plus room for a loaded machine
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         assert events[-1].HasField("completed"), events[-1]
         (output,) = events[-1].completed.outputs
         stored = c.runs_dir / run.run_id / output.filename
@@ -118,7 +119,7 @@ async def test_a_frozen_owner_that_wakes_after_the_takeover_writes_nothing(tmp_p
         one.process.signal(signal.SIGSTOP)
         await _until_owner_changes(c.runs_dir, run.run_id, "replica-1")
         events = seen + await watch_all(three.stub, run.run_id, after_seq=seen[-1].seq)
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         assert events[-1].HasField("completed")
         folder = c.runs_dir / run.run_id
         before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -141,7 +142,7 @@ async def test_one_request_id_sent_to_every_replica_at_once_starts_one_run(tmp_p
         assert len({r.run_id for r in runs}) == 1
         assert [p.name for p in c.runs_dir.iterdir()] == [runs[0].run_id]
         events = await watch_all(c.replicas[2].stub, runs[0].run_id)
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         again = await submit(c.replicas[1].stub, **request)  # a later retry too
         assert again.run_id == runs[0].run_id
         other = {"workflow_json": sampler(steps=3, seconds=0.2), "request_id": "lesson-7-attempt-1"}
@@ -197,12 +198,14 @@ async def test_redis_stopped_mid_run_loses_no_event_and_refuses_new_runs_meanwhi
         await _until_health(two, health_pb2.HealthCheckResponse.SERVING)
         seen_local += [e async for e in local]
         seen_remote += [e async for e in remote]
-        assert_one_continuous_run(seen_local)
+        assert_one_run(seen_local)
         assert seen_local[-1].HasField("completed")
-        assert [e.SerializeToString() for e in seen_remote] == [e.SerializeToString() for e in seen_local]
+        journal = read_journal(c.runs_dir, run.run_id)
+        assert_coalesced(seen_local, journal)
+        assert_coalesced(seen_remote, journal)
         got = await get_run(three.stub, run.run_id)
-        assert got.status == pb.RUN_STATUS_COMPLETED and got.last_seq == seen_local[-1].seq
-        assert [e.seq for e in await watch_all(three.stub, run.run_id)] == [e.seq for e in seen_local]
+        assert got.status == pb.RUN_STATUS_COMPLETED and got.last_seq == journal[-1].seq
+        assert await watch_all(three.stub, run.run_id) == coalesced(journal)
         after = await submit(three.stub, workflow_json=sampler(steps=2, seconds=0.2, color=5))
         assert (await watch_all(two.stub, after.run_id))[-1].HasField("completed")
 
@@ -257,7 +260,7 @@ async def test_a_replica_stopped_gracefully_hands_its_runs_over_at_once(tmp_path
             while _owner(c.runs_dir, run.run_id) != "replica-2":
                 await asyncio.sleep(0.05)
         events = seen + await watch_all(two.stub, run.run_id, after_seq=seen[-1].seq)
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         assert events[-1].HasField("completed")
 
 
@@ -277,9 +280,11 @@ async def test_a_redis_that_forgot_everything_mid_run_is_filled_again_from_run_s
         finally:
             await client.aclose()
         events = seen + await watch_all(three.stub, run.run_id, after_seq=seen[-1].seq)
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         assert events[-1].HasField("completed")
-        assert [e.seq for e in await watch_all(two.stub, run.run_id)] == [e.seq for e in events]
+        journal = read_journal(c.runs_dir, run.run_id)
+        assert_coalesced(events, journal)
+        assert await watch_all(two.stub, run.run_id) == coalesced(journal)
         listed = await three.stub.ListRuns(pb.ListRunsRequest())
         assert [r.run_id for r in listed.runs] == [run.run_id, done.run_id]
 
@@ -318,7 +323,7 @@ async def test_the_shipped_grpc_front_spreads_calls_over_the_replicas(tmp_path: 
                 runs = [await submit(stub, workflow_json=sampler(steps=2, seconds=0.2, color=i)) for i in range(4)]
                 for run in runs:  # streams through nginx, to whichever replica it picks
                     events = await watch_all(stub, run.run_id)
-                    assert_one_continuous_run(events)
+                    assert_one_run(events)
                     assert events[-1].HasField("completed")
             assert {_owner(c.runs_dir, r.run_id) for r in runs} == {"replica-1", "replica-2"}
         finally:
@@ -362,7 +367,7 @@ async def test_a_generate_call_outlives_its_replica_losing_the_run(tmp_path: Pat
         mark = c.runs_dir / run_id / ".owner.json"
         mark.write_text(json.dumps({"replica": "elsewhere"}))
         events += [reply.event async for reply in call]
-        assert_one_continuous_run(events)
+        assert_one_run(events)
         assert events[-1].HasField("completed")
         # Taken over through the owners group by a live replica (replica one itself may claim it back).
         assert _owner(c.runs_dir, run_id) in ("replica-1", "replica-2", "replica-3")
@@ -376,7 +381,7 @@ async def test_live_previews_reach_watchers_on_other_replicas(tmp_path: Path) ->
         events = await watch_all(two.stub, run.run_id)
         previews = [e.preview for e in events if e.HasField("preview")]
         journaled = [e for e in events if not e.HasField("preview")]
-        assert_one_continuous_run(journaled)
+        assert_one_run(journaled)
         assert journaled[-1].HasField("completed")
         numbers = [p.number for p in previews]
         assert len(numbers) >= 2 and numbers == sorted(set(numbers)), numbers  # newest ones, in order
