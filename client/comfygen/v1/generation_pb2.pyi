@@ -1036,7 +1036,9 @@ class RunEvent(_message.Message):
     run_id: _builtins.str
     """The run this event belongs to (a lowercase hyphenated UUID chosen by the service)."""
     seq: _builtins.int
-    """Position of this event in the run's event sequence: 1 for `accepted`, then +1 per event."""
+    """Position of this event in the run's event sequence: 1 for `accepted`, then +1 per event. A stream
+    may skip superseded `node_progress` events (see WatchRun), which shows as a jump.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the service observed the event (UTC)."""

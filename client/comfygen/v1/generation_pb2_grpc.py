@@ -113,6 +113,9 @@ class GenerationServiceServicer(object):
         """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
         until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
         it saw misses nothing. Cancelling a watch never cancels the run.
+        A stream that falls behind (or replays) skips a `node_progress` event when a newer one for the
+        same node is already there, so `seq` can jump before a `node_progress`; no other event is skipped,
+        and each node's last progress is always sent. Generate's stream does the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

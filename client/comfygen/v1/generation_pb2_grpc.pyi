@@ -70,6 +70,9 @@ class GenerationServiceStub:
     """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
     until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
     it saw misses nothing. Cancelling a watch never cancels the run.
+    A stream that falls behind (or replays) skips a `node_progress` event when a newer one for the
+    same node is already there, so `seq` can jump before a `node_progress`; no other event is skipped,
+    and each node's last progress is always sent. Generate's stream does the same.
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GetRunRequest, _generation_pb2.GetRunResponse]
     """The run's current state: status, outputs, timings, failure."""
@@ -107,6 +110,9 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
     until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
     it saw misses nothing. Cancelling a watch never cancels the run.
+    A stream that falls behind (or replays) skips a `node_progress` event when a newer one for the
+    same node is already there, so `seq` can jump before a `node_progress`; no other event is skipped,
+    and each node's last progress is always sent. Generate's stream does the same.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_generation_pb2.GetRunRequest, _generation_pb2.GetRunResponse]  # type: ignore[assignment]
     """The run's current state: status, outputs, timings, failure."""
@@ -159,6 +165,9 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Replays a run's events after `after_seq` from its persisted event log, then streams live ones
         until the terminal event. Any number of watchers; a watcher that reconnects with the last seq
         it saw misses nothing. Cancelling a watch never cancels the run.
+        A stream that falls behind (or replays) skips a `node_progress` event when a newer one for the
+        same node is already there, so `seq` can jump before a `node_progress`; no other event is skipped,
+        and each node's last progress is always sent. Generate's stream does the same.
         """
 
     @_abc_1.abstractmethod
