@@ -21,6 +21,7 @@ from comfy_generation.runstore import (
     CurrentState,
     Entity,
     JournalWriter,
+    OutputMeta,
     RunOptions,
     RunRecord,
     RunStatus,
@@ -40,6 +41,7 @@ PROGRESS_WRITE_DELAY_S = 0.25
 # at a record write per progress step, a thousand runs spend more than half a core on it. Between
 # durable writes, a run's record is written at most this often; the journal has every step meanwhile.
 RECORD_WRITE_INTERVAL_S = 2.0
+STAGED_AT_ONCE_BYTES = 8 * 1024 * 1024  # a staged output this big is recorded at once (see stage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +289,11 @@ class RunWriter:
     async def stage(self, entity: Entity) -> None:
         """Record an output whose file is at ``store.staged_path``: hidden until ``publish``."""
         await self.update(staged=(*self.record.staged, entity))
-        await self.written()  # a restart keeps it and does not download it again
+        size = entity.metadata.size_bytes if isinstance(entity.metadata, OutputMeta) else 0
+        if size >= STAGED_AT_ONCE_BYTES:
+            await self.written()  # a restart keeps it and does not download it again
+        # A smaller one is written with the next record (a run's outputs are published next): a
+        # restart in between downloads it again.
 
     async def publish(self) -> tuple[Entity, ...]:
         """Move every staged output into place and list them all in the record at once."""

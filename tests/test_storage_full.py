@@ -135,14 +135,17 @@ async def test_runs_in_flight_fail_with_a_storage_error_and_are_recorded_once_sp
     assert after[-1].HasField("completed")  # the service carries on without a restart
 
 
+# 128 kbit/s MP3: 90 s is about 1.4 MB, streamed to its file as it comes; 20 s is about 320 KB, received
+# whole and then written (outputs up to SMALL_FILE_BYTES). Either is much more than is left.
+@pytest.mark.parametrize(("duration", "left"), [(90.0, 256 * 1024), (20.0, 64 * 1024)], ids=["streamed", "whole"])
 async def test_an_output_larger_than_the_free_space_fails_its_run_and_leaves_no_partial_file(
-    runs_volume: Path, full_stack: Stack
+    runs_volume: Path, full_stack: Stack, duration: float, left: int
 ) -> None:
     stack = full_stack
     graph = json.loads((EXAMPLE_WORKFLOWS / "audio.json").read_text())
-    graph["1"]["inputs"]["duration"] = 90.0  # 128 kbit/s MP3: about 1.4 MB, much more than is left
+    graph["1"]["inputs"]["duration"] = duration
     del graph["3"]
-    fill(runs_volume, leave=256 * 1024)
+    fill(runs_volume, leave=left)
     events = [
         reply.event
         async for reply in stack.stub.Generate(pb.GenerateRequest(spec=pb.RunSpec(workflow_json=json.dumps(graph))))

@@ -8,12 +8,12 @@ body's fields under the names below (enums by value). ``RunEvent.to_json`` write
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from comfy_generation.runstore.files import compact_text
 from comfy_generation.runstore.formats import MediaKind
 from comfy_generation.runstore.schema import DamagedRecord, Fields, cut_text, excerpt, loads
 
@@ -248,7 +248,7 @@ def _number(f: Fields, name: str) -> float:
     return value
 
 
-# Journal ``type`` → how its ``data`` is read. Writing is generic (dataclasses.asdict).
+# Journal ``type`` → how its ``data`` is read. Writing is generic (each field as dataclasses.asdict gives it).
 _READERS: dict[str, Any] = {
     "accepted": lambda f: Accepted(
         f.text("prompt_id"),
@@ -329,7 +329,7 @@ class RunEvent:
         if isinstance(self.body, Preview):
             raise TypeError("previews are not journaled")
         line = {"seq": self.seq, "time": self.time.isoformat(), "type": kind_name(self.body)}
-        return json.dumps({**line, "data": dataclasses.asdict(self.body)}, separators=(",", ":"))
+        return compact_text({**line, "data": self.body})
 
     @classmethod
     def from_json(cls, run_id: str, line: str | bytes) -> RunEvent:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+import orjson
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -81,8 +84,22 @@ def atomic_file(path: Path, durable: bool = True) -> Iterator[IO[bytes]]:
 
 
 def metadata_text(data: Any) -> str:
-    """How run storage writes JSON (indented, UTF-8 as is)."""
-    return json.dumps(data, indent=2, ensure_ascii=False)
+    """How run storage writes JSON (indented, UTF-8 as is). orjson writes the same text as the standard
+    library's ``json.dumps(data, indent=2, ensure_ascii=False)`` some thirty times faster; it refuses
+    integers past 64 bits, which the standard library then writes."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def compact_text(data: Any) -> str:
+    """One line of JSON (a journal line): dataclasses in ``data`` are written as objects of their
+    fields, as ``dataclasses.asdict`` gives them."""
+    try:
+        return orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=dataclasses.asdict)
 
 
 def write_text_atomic(path: Path, text: str, durable: bool = True) -> None:

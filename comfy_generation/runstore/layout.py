@@ -15,7 +15,6 @@ Readers find files through the record's entities, never by name, and never build
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from comfy_generation.runstore.events import EVENTS_FILE, RunEvent
-from comfy_generation.runstore.files import PARTIAL_SUFFIX
+from comfy_generation.runstore.files import PARTIAL_SUFFIX, metadata_text
 from comfy_generation.runstore.ids import InvalidRunId, parse_run_id
 from comfy_generation.runstore.record import MAX_RECORD_BYTES, METADATA_FILE, Entity, RunRecord, entity_filename
 from comfy_generation.runstore.schema import DamagedRecord, loads
@@ -219,4 +218,4 @@ def _drop_torn_tail(path: Path) -> None:
 
 def record_text(record: RunRecord) -> str:
     """How run storage writes a record (indented, UTF-8 as is)."""
-    return json.dumps(record.to_json(), indent=2, ensure_ascii=False)
+    return metadata_text(record.to_json())
