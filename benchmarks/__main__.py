@@ -34,7 +34,7 @@ FULL: dict[str, Any] = {
     "watch_channels": 4,
     "watch_repeats": 3,
     "transfer_mb": 200,
-    "transfer_repeats": 2,
+    "transfer_repeats": 3,
     "gateway_seconds": 5.0,
     "gateway_scale": 1.0,
     "pool_runs": 60,
