@@ -49,7 +49,7 @@ async def _all_runs(target: str, workflows: list[str]) -> float:
             if not last.HasField("completed"):
                 raise RuntimeError(f"run {run_id} ended with {last.WhichOneof('kind')}")
 
-        await asyncio.gather(*(until_done(r.run_id) for r in submitted))
+        await asyncio.gather(*(until_done(r.run.run_id) for r in submitted))
         return time.monotonic() - started
 
 

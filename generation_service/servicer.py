@@ -7,10 +7,11 @@ page LIST_PAGE_BUDGET_BYTES, whatever the caller sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -117,8 +118,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         handle = await _call(context, lambda: self.runner.start(spec_from_proto(request.spec)))
         ended = False
         try:
-            async for reply in self._sent("Generate", handle.events()):
-                yield reply
+            async with contextlib.aclosing(self._sent("Generate", handle.events())) as replies:
+                async for reply in replies:
+                    yield reply
             ended = True
         finally:
             if not ended and request.on_disconnect != pb.DISCONNECT_POLICY_DETACH:
@@ -136,10 +138,13 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     ) -> AsyncIterator[bytes]:
         """Yields serialized ``WatchRunResponse`` messages (see ``add_to_server``)."""
         events = await _call(context, lambda: self.runner.watch(request.run_id, request.after_seq))
-        async for reply in self._sent("WatchRun", events, request.after_seq):
-            yield reply
+        async with contextlib.aclosing(self._sent("WatchRun", events, request.after_seq)) as replies:
+            async for reply in replies:
+                yield reply
 
-    async def _sent(self, rpc: str, events: AsyncIterator[ev.RunEvent], after_seq: int = 0) -> AsyncIterator[bytes]:
+    async def _sent(
+        self, rpc: str, events: AsyncIterator[ev.RunEvent], after_seq: int = 0
+    ) -> AsyncGenerator[bytes, None]:
         """The events as sent, counted; a seq gap is the progress coalesced for this stream."""
         sent, last_seq = self.metrics.events_sent.labels(rpc=rpc), after_seq
         with self.metrics.streams.labels(rpc=rpc).track_inprogress():
